@@ -1,0 +1,199 @@
+//! What the runtime delivers to a connection: notifications, server requests, responses that
+//! must keep their place in the stream, and the reason a connection was cut off.
+//!
+//! Notifications serialize as `{"method": ..., "params": ...}` with Codex's method names and
+//! field names, so the wire layer only adds the JSON-RPC envelope.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::error::HostError;
+use crate::ids::{ClientRequestId, RequestId, ThreadId};
+use crate::model::{Goal, ThreadItem, ThreadStatus, TokenUsage, Turn, TurnError};
+
+/// The `Thread` object of notifications and responses, already rendered to JSON by the wire's
+/// rules (see [`crate::ThreadSnapshot`]); kept opaque here so the actors do not depend on every
+/// optional Codex field.
+pub type ThreadJson = serde_json::Value;
+
+/// A server-to-client notification (spec section 11).
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "method", content = "params")]
+#[non_exhaustive]
+pub enum Notification {
+    /// A thread was created (broadcast).
+    #[serde(rename = "thread/started")]
+    ThreadStarted {
+        /// The new thread.
+        thread: ThreadJson,
+    },
+    /// A thread's derived status changed (broadcast).
+    #[serde(rename = "thread/status/changed", rename_all = "camelCase")]
+    ThreadStatusChanged {
+        /// Which thread.
+        thread_id: ThreadId,
+        /// Its new status.
+        status: ThreadStatus,
+    },
+    /// A thread unloaded (broadcast, after `notLoaded`).
+    #[serde(rename = "thread/closed", rename_all = "camelCase")]
+    ThreadClosed {
+        /// Which thread.
+        thread_id: ThreadId,
+    },
+    /// A turn began.
+    #[serde(rename = "turn/started", rename_all = "camelCase")]
+    TurnStarted {
+        /// Which thread.
+        thread_id: ThreadId,
+        /// The turn (without items).
+        turn: Turn,
+    },
+    /// A turn ended; its items and usage are already durable.
+    #[serde(rename = "turn/completed", rename_all = "camelCase")]
+    TurnCompleted {
+        /// Which thread.
+        thread_id: ThreadId,
+        /// The turn with its final status.
+        turn: Turn,
+    },
+    /// An item began.
+    #[serde(rename = "item/started", rename_all = "camelCase")]
+    ItemStarted {
+        /// Which thread.
+        thread_id: ThreadId,
+        /// Which turn.
+        turn_id: String,
+        /// The item as it starts.
+        item: ThreadItem,
+        /// Unix milliseconds.
+        started_at_ms: i64,
+    },
+    /// An item ended.
+    #[serde(rename = "item/completed", rename_all = "camelCase")]
+    ItemCompleted {
+        /// Which thread.
+        thread_id: ThreadId,
+        /// Which turn.
+        turn_id: String,
+        /// The final item.
+        item: ThreadItem,
+        /// Unix milliseconds.
+        completed_at_ms: i64,
+    },
+    /// A piece of an agent message.
+    #[serde(rename = "item/agentMessage/delta", rename_all = "camelCase")]
+    AgentMessageDelta {
+        /// Which thread.
+        thread_id: ThreadId,
+        /// Which turn.
+        turn_id: String,
+        /// Which item.
+        item_id: String,
+        /// The new text.
+        delta: String,
+    },
+    /// A server request was answered or cleared.
+    #[serde(rename = "serverRequest/resolved", rename_all = "camelCase")]
+    ServerRequestResolved {
+        /// Which thread.
+        thread_id: ThreadId,
+        /// The request's id.
+        request_id: RequestId,
+    },
+    /// A goal was set or changed (broadcast).
+    #[serde(rename = "thread/goal/updated", rename_all = "camelCase")]
+    GoalUpdated {
+        /// Which thread.
+        thread_id: ThreadId,
+        /// The turn that changed it; `null` for client changes and snapshots.
+        turn_id: Option<String>,
+        /// The goal.
+        goal: Goal,
+    },
+    /// A goal was cleared (broadcast).
+    #[serde(rename = "thread/goal/cleared", rename_all = "camelCase")]
+    GoalCleared {
+        /// Which thread.
+        thread_id: ThreadId,
+    },
+    /// The thread's token usage changed.
+    #[serde(rename = "thread/tokenUsage/updated", rename_all = "camelCase")]
+    TokenUsageUpdated {
+        /// Which thread.
+        thread_id: ThreadId,
+        /// The turn it belongs to.
+        turn_id: String,
+        /// Totals and last turn.
+        token_usage: TokenUsage,
+    },
+    /// A turn hit an error.
+    #[serde(rename = "error", rename_all = "camelCase")]
+    Error {
+        /// Which thread.
+        thread_id: ThreadId,
+        /// Which turn.
+        turn_id: String,
+        /// What went wrong.
+        error: TurnError,
+        /// Whether the agent retries by itself.
+        will_retry: bool,
+    },
+}
+
+impl Notification {
+    /// The JSON-RPC method name, used for per-connection opt-outs.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::ThreadStarted { .. } => "thread/started",
+            Self::ThreadStatusChanged { .. } => "thread/status/changed",
+            Self::ThreadClosed { .. } => "thread/closed",
+            Self::TurnStarted { .. } => "turn/started",
+            Self::TurnCompleted { .. } => "turn/completed",
+            Self::ItemStarted { .. } => "item/started",
+            Self::ItemCompleted { .. } => "item/completed",
+            Self::AgentMessageDelta { .. } => "item/agentMessage/delta",
+            Self::ServerRequestResolved { .. } => "serverRequest/resolved",
+            Self::GoalUpdated { .. } => "thread/goal/updated",
+            Self::GoalCleared { .. } => "thread/goal/cleared",
+            Self::TokenUsageUpdated { .. } => "thread/tokenUsage/updated",
+            Self::Error { .. } => "error",
+        }
+    }
+}
+
+/// A request from the server to a client (approval, user input). Params are the agent's, kept
+/// verbatim so a replay after resume is byte-for-byte the original.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServerRequest {
+    /// Host-wide id.
+    pub id: RequestId,
+    /// Method, e.g. `item/commandExecution/requestApproval`.
+    pub method: String,
+    /// Params as the agent built them.
+    pub params: serde_json::Value,
+}
+
+/// One message for a connection.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Outbound {
+    /// A notification.
+    Notification(Arc<Notification>),
+    /// A server request the client must answer with [`crate::ConnectionHandle::answer`].
+    Request(Arc<ServerRequest>),
+    /// The response to a client request whose answer must keep its place among the events
+    /// (it was made with a [`ClientRequestId`]).
+    Response {
+        /// The client's id.
+        id: ClientRequestId,
+        /// The result, already in its wire shape, or the error.
+        result: Result<serde_json::Value, HostError>,
+    },
+    /// The connection was cut off; nothing follows.
+    Disconnected {
+        /// Why, in words for the client.
+        reason: String,
+    },
+}
