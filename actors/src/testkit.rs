@@ -27,7 +27,9 @@ use crate::store::MemoryStore;
 
 /// A host for paused-time tests: every actor on the current arbiter, the given unload delay,
 /// short shutdown timeout (1 s), an in-memory store and the scripted agent.
-pub fn test_host(unload_delay: Duration) -> (ThreadHost, Arc<MemoryStore>, Arc<ScriptedAgentFactory>) {
+pub fn test_host(
+    unload_delay: Duration,
+) -> (ThreadHost, Arc<MemoryStore>, Arc<ScriptedAgentFactory>) {
     test_host_with(HostConfig {
         unload_delay,
         shutdown_timeout: Duration::from_secs(1),
@@ -39,7 +41,9 @@ pub fn test_host(unload_delay: Duration) -> (ThreadHost, Arc<MemoryStore>, Arc<S
 }
 
 /// Like [`test_host`] with a configuration of your own (keep `arbiters = 0` for paused time).
-pub fn test_host_with(config: HostConfig) -> (ThreadHost, Arc<MemoryStore>, Arc<ScriptedAgentFactory>) {
+pub fn test_host_with(
+    config: HostConfig,
+) -> (ThreadHost, Arc<MemoryStore>, Arc<ScriptedAgentFactory>) {
     let store = Arc::new(MemoryStore::new());
     let agents = Arc::new(ScriptedAgentFactory::new(ShutdownBehavior::Complete));
     let host = ThreadHost::start(config, agents.clone(), store.clone());
@@ -85,12 +89,52 @@ impl Probe {
         Self { handle, outbox }
     }
 
+    /// Starts a thread with this connection subscribed and consumes its `thread/started`.
+    pub async fn start_thread(&mut self) -> crate::ThreadId {
+        let snapshot = self
+            .handle
+            .start_thread(crate::StartThread::default())
+            .await
+            .expect("thread/start");
+        let got = self.next_method().await;
+        assert_eq!(
+            got, "thread/started",
+            "thread/start is followed by thread/started"
+        );
+        snapshot.meta.id
+    }
+
+    /// Starts a turn with one text input.
+    pub async fn turn(&self, thread: &crate::ThreadId, text: &str) -> crate::Turn {
+        self.handle
+            .start_turn(thread, vec![crate::UserInput::text(text)])
+            .await
+            .expect("turn/start")
+    }
+
+    /// Whether the next messages, up to and including `turn/completed`, were received; returns
+    /// the methods seen on the way.
+    pub async fn until_turn_completed(&mut self) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let m = self.next_method().await;
+            let done = m == "turn/completed";
+            seen.push(m);
+            if done {
+                return seen;
+            }
+        }
+    }
+
     /// The next message; panics with a clear message if none comes within [`RECV_BOUND`].
     pub async fn recv(&mut self) -> Outbound {
         match tokio::time::timeout(RECV_BOUND, self.outbox.recv()).await {
             Ok(Some(m)) => m,
             Ok(None) => panic!("probe {}: the connection closed", self.handle.id()),
-            Err(_) => panic!("probe {}: nothing received within {RECV_BOUND:?}", self.handle.id()),
+            Err(_) => panic!(
+                "probe {}: nothing received within {RECV_BOUND:?}",
+                self.handle.id()
+            ),
         }
     }
 
