@@ -15,7 +15,7 @@ use dashmap::DashMap;
 use tokio::sync::oneshot;
 
 use crate::agent::{Agent, AgentFactory, LocalBoxFuture, ModelInfo, TurnContext, TurnInput};
-use crate::connection::{ConnectionActor, Deliver, Disconnect, Outbox, RouteAnswer, SetOptOut};
+use crate::connection::{ConnRef, ConnectionActor, Outbox};
 use crate::error::{AgentError, HostError};
 use crate::ids::{ClientRequestId, ConnectionId, Counter, RequestId, ThreadId};
 use crate::metrics::Metrics;
@@ -27,8 +27,8 @@ use crate::outbound::{Notification, Outbound};
 use crate::registry::{LoadFailed, Register, Release, Reservation, Reserve, ThreadRegistry};
 use crate::store::{settle_turns, ListQuery, ThreadPage, ThreadStore};
 use crate::thread::{
-    ClearGoal, Close, GetGoal, Interrupt, Read, ReplyTo, Resume, SetGoal, StartTurn, ThreadActor,
-    ThreadInit, Unsubscribe, UnsubscribeStatus,
+    AnswerRequest, ClearGoal, Close, GetGoal, Interrupt, Read, ReplyTo, Resume, SetGoal, StartTurn,
+    ThreadActor, ThreadInit, Unsubscribe, UnsubscribeStatus,
 };
 
 /// Settings of a host. `Default` gives the production defaults of the spec.
@@ -86,7 +86,7 @@ pub(crate) struct Shared {
     /// host (new threads) and the registry (loads) and removed only by the registry.
     pub(crate) directory: DashMap<ThreadId, Addr<ThreadActor>>,
     /// Initialized connections: the broadcast list.
-    pub(crate) connections: DashMap<ConnectionId, Addr<ConnectionActor>>,
+    pub(crate) connections: DashMap<ConnectionId, ConnRef>,
     pub(crate) metrics: Arc<Metrics>,
     registry: OnceLock<Addr<ThreadRegistry>>,
     request_ids: AtomicI64,
@@ -279,16 +279,15 @@ impl ThreadHost {
     /// Opens a connection. It receives broadcasts once [`ConnectionHandle::initialize`] ran.
     pub fn connect(&self) -> (ConnectionHandle, Outbox) {
         let id = ConnectionId(self.shared.connection_ids.next());
-        let (actor, outbox) = ConnectionActor::new(
+        let (conn, outbox) = ConnectionActor::start(
             id,
             self.shared.config.outbound_capacity,
             Arc::clone(&self.shared),
         );
-        let addr = actor.start();
         (
             ConnectionHandle {
                 shared: Arc::clone(&self.shared),
-                addr,
+                conn,
                 id,
                 reply: None,
             },
@@ -356,8 +355,7 @@ impl ThreadHost {
             }
         }
         for c in self.shared.connections.iter() {
-            c.value()
-                .do_send(Disconnect(Some("the server is shutting down".into())));
+            c.value().close(Some("the server is shutting down".into()));
         }
         let arbiters = std::mem::take(
             &mut *self
@@ -382,7 +380,7 @@ impl ThreadHost {
 #[derive(Clone)]
 pub struct ConnectionHandle {
     shared: Arc<Shared>,
-    addr: Addr<ConnectionActor>,
+    conn: ConnRef,
     id: ConnectionId,
     reply: Option<ClientRequestId>,
 }
@@ -417,13 +415,13 @@ impl ConnectionHandle {
     fn reply_to(&self) -> Option<ReplyTo> {
         self.reply.clone().map(|id| ReplyTo {
             id,
-            conn: self.addr.clone(),
+            conn: self.conn.clone(),
         })
     }
 
     /// Puts a message on this connection's stream (the wire layer's own responses).
     pub fn deliver(&self, msg: Outbound) {
-        self.addr.do_send(Deliver(msg));
+        self.conn.deliver(msg);
     }
 
     /// Delivers `result` in-stream when responding: `Ok` rendered by `render` unless the actor
@@ -452,14 +450,14 @@ impl ConnectionHandle {
     /// Completes the handshake: the connection now receives broadcasts, minus the notification
     /// methods it opted out of.
     pub fn initialize(&self, opt_out: impl IntoIterator<Item = String>) {
-        self.addr
-            .do_send(SetOptOut(opt_out.into_iter().collect::<HashSet<_>>()));
-        self.shared.connections.insert(self.id, self.addr.clone());
+        self.conn
+            .set_opt_out(opt_out.into_iter().collect::<HashSet<_>>());
+        self.shared.connections.insert(self.id, self.conn.clone());
     }
 
     /// Closes the connection: it leaves every thread it subscribed to.
     pub fn disconnect(&self) {
-        self.addr.do_send(Disconnect(None));
+        self.conn.close(None);
     }
 
     /// Starts a new thread with this connection subscribed. The response (if responding) comes
@@ -490,7 +488,7 @@ impl ConnectionHandle {
             shared: Arc::clone(&self.shared),
             meta,
             stored: None,
-            creator: Some((self.id, self.addr.clone(), self.reply.clone())),
+            creator: Some((self.id, self.conn.clone(), self.reply.clone())),
             on_started: tx,
         });
         self.shared.directory.insert(id.clone(), addr);
@@ -544,7 +542,7 @@ impl ConnectionHandle {
             };
             let msg = Resume {
                 conn: self.id,
-                addr: self.addr.clone(),
+                addr: self.conn.clone(),
                 exclude_turns,
                 reply: self.reply.clone(),
             };
@@ -720,14 +718,21 @@ impl ConnectionHandle {
     /// thread; an answer to a request this connection was never sent, or that was already
     /// resolved, is ignored (logged and counted, never answered).
     pub async fn answer(&self, request: RequestId, answer: serde_json::Value) -> bool {
-        let routed = self
-            .addr
-            .send(RouteAnswer {
-                id: request,
-                answer,
-            })
-            .await
-            .unwrap_or(false);
+        let thread = self
+            .conn
+            .thread_of_request(request)
+            .and_then(|t| self.shared.directory.get(&t).map(|a| a.clone()));
+        let routed = match thread {
+            Some(addr) => {
+                addr.do_send(AnswerRequest {
+                    conn: self.id,
+                    id: request,
+                    answer,
+                });
+                true
+            }
+            None => false,
+        };
         if !routed {
             tracing::info!(connection = %self.id, request = %request, "ignored an answer to a server request that is not pending for this connection");
             self.shared.metrics.ignored_answers.inc();
@@ -825,10 +830,10 @@ impl ConnectionHandle {
                     .await
                     .map_err(timeout)??;
                 if let Some(r) = self.reply_to() {
-                    r.conn.do_send(Deliver(Outbound::Response {
+                    r.conn.deliver(Outbound::Response {
                         id: r.id,
                         result: Ok(serde_json::json!({ "goal": goal })),
-                    }));
+                    });
                 }
                 self.shared.broadcast(&Arc::new(Notification::GoalUpdated {
                     thread_id: id.clone(),
@@ -845,10 +850,10 @@ impl ConnectionHandle {
                         .map_err(timeout)??;
                 }
                 if let Some(r) = self.reply_to() {
-                    r.conn.do_send(Deliver(Outbound::Response {
+                    r.conn.deliver(Outbound::Response {
                         id: r.id,
                         result: Ok(serde_json::json!({ "cleared": had })),
-                    }));
+                    });
                 }
                 if had {
                     self.shared.broadcast(&Arc::new(Notification::GoalCleared {

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::connection::Deliver;
 use crate::error::HostError;
 use crate::host::Shared;
 use crate::ids::ThreadId;
@@ -292,6 +291,6 @@ impl Handler<ThreadGone> for ThreadRegistry {
 /// Sends a notification to every initialized connection.
 pub(crate) fn broadcast_to(shared: &Shared, n: &Arc<Notification>) {
     for conn in shared.connections.iter() {
-        conn.value().do_send(Deliver::notification(Arc::clone(n)));
+        conn.value().notify(n);
     }
 }

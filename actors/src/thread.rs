@@ -39,7 +39,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::agent::{Agent, TurnContext, TurnInput};
-use crate::connection::{ConnectionActor, Deliver, DeliverRequest, Subscribed, Unsubscribed};
+use crate::connection::ConnRef;
 use crate::error::HostError;
 use crate::host::Shared;
 use crate::ids::{ClientRequestId, ConnectionId, RequestId, ThreadId};
@@ -78,15 +78,15 @@ pub enum UnsubscribeStatus {
 #[derive(Debug, Clone)]
 pub(crate) struct ReplyTo {
     pub(crate) id: ClientRequestId,
-    pub(crate) conn: Addr<ConnectionActor>,
+    pub(crate) conn: ConnRef,
 }
 
 impl ReplyTo {
     fn send(self, result: serde_json::Value) {
-        self.conn.do_send(Deliver(Outbound::Response {
+        self.conn.deliver(Outbound::Response {
             id: self.id,
             result: Ok(result),
-        }));
+        });
     }
 }
 
@@ -119,7 +119,7 @@ pub(crate) struct ThreadActor {
     /// The agent runtime; rebuilt on restart.
     agent: Box<dyn Agent>,
     /// Connections subscribed to thread events.
-    subscribers: HashMap<ConnectionId, Addr<ConnectionActor>>,
+    subscribers: HashMap<ConnectionId, ConnRef>,
     /// Listener generation: moves on at every restart. Timers and agent events carry the
     /// generation they were made in and do nothing when it is stale.
     generation: u64,
@@ -153,7 +153,7 @@ pub(crate) struct ThreadActor {
     /// Sends the first snapshot to whoever created the thread (start or cold load).
     on_started: Option<oneshot::Sender<ThreadSnapshot>>,
     /// The first subscriber and its in-stream reply (`thread/start`).
-    creator: Option<(ConnectionId, Addr<ConnectionActor>, Option<ClientRequestId>)>,
+    creator: Option<(ConnectionId, ConnRef, Option<ClientRequestId>)>,
     /// Loaded from the store (a cold resume): broadcast `idle` when started.
     cold: bool,
 }
@@ -173,7 +173,7 @@ pub(crate) struct ThreadInit {
     pub(crate) shared: Arc<Shared>,
     pub(crate) meta: ThreadMeta,
     pub(crate) stored: Option<StoredThread>,
-    pub(crate) creator: Option<(ConnectionId, Addr<ConnectionActor>, Option<ClientRequestId>)>,
+    pub(crate) creator: Option<(ConnectionId, ConnRef, Option<ClientRequestId>)>,
     pub(crate) on_started: oneshot::Sender<ThreadSnapshot>,
 }
 
@@ -270,7 +270,7 @@ impl ThreadActor {
     fn to_subscribers(&self, n: Notification) {
         let n = Arc::new(n);
         for conn in self.subscribers.values() {
-            conn.do_send(Deliver::notification(Arc::clone(&n)));
+            conn.notify(&n);
         }
     }
 
@@ -296,9 +296,9 @@ impl ThreadActor {
         }
     }
 
-    fn subscribe(&mut self, conn: ConnectionId, addr: Addr<ConnectionActor>) {
+    fn subscribe(&mut self, conn: ConnectionId, addr: ConnRef) {
         if !self.subscribers.contains_key(&conn) {
-            addr.do_send(Subscribed(self.id().clone()));
+            addr.subscribed(self.id());
             self.subscribers.insert(conn, addr);
         }
     }
@@ -421,7 +421,7 @@ impl ThreadActor {
         let id = self.id().clone();
         if outcome == UnloadOutcome::Complete {
             for conn in self.subscribers.values() {
-                conn.do_send(Unsubscribed(id.clone()));
+                conn.unsubscribed(&id);
             }
             self.subscribers.clear();
             let status = self.facts().derive();
@@ -693,10 +693,7 @@ impl ThreadActor {
                 let request = Arc::new(ServerRequest { id, method, params });
                 let mut sent_to = HashSet::new();
                 for (conn_id, conn) in &self.subscribers {
-                    conn.do_send(DeliverRequest {
-                        thread: thread_id.clone(),
-                        request: Arc::clone(&request),
-                    });
+                    conn.request(&thread_id, &request);
                     sent_to.insert(*conn_id);
                 }
                 self.pending.insert(
@@ -859,7 +856,7 @@ impl Drop for ThreadActor {
 #[rtype(result = "Result<ThreadSnapshot, HostError>")]
 pub(crate) struct Resume {
     pub(crate) conn: ConnectionId,
-    pub(crate) addr: Addr<ConnectionActor>,
+    pub(crate) addr: ConnRef,
     pub(crate) exclude_turns: bool,
     pub(crate) reply: Option<ClientRequestId>,
 }
@@ -903,14 +900,11 @@ impl Handler<Resume> for ThreadActor {
             };
             out.push(Outbound::Notification(Arc::new(goal)));
             for m in out {
-                msg.addr.do_send(Deliver(m));
+                msg.addr.deliver(m);
             }
             for p in this.pending.values_mut() {
                 p.sent_to.insert(msg.conn);
-                msg.addr.do_send(DeliverRequest {
-                    thread: id.clone(),
-                    request: Arc::clone(&p.request),
-                });
+                msg.addr.request(&id, &p.request);
             }
             this.refresh(ctx);
             Ok(snapshot)
@@ -934,7 +928,7 @@ impl Handler<Unsubscribe> for ThreadActor {
         let Some(addr) = self.subscribers.remove(&conn) else {
             return UnsubscribeStatus::NotSubscribed;
         };
-        addr.do_send(Unsubscribed(self.id().clone()));
+        addr.unsubscribed(self.id());
         self.refresh(ctx);
         UnsubscribeStatus::Unsubscribed
     }
