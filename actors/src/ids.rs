@@ -3,19 +3,38 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Identifies one thread (one agent conversation). Codex generates UUIDv7 strings; threadhost
 /// does the same for new threads and accepts any non-empty string from the store or the wire.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ThreadId(String);
+///
+/// The string is shared (`Arc<str>`): every notification of a thread carries its id, and the
+/// directory, subscriptions and messages hold copies, so a clone is a reference-count increment
+/// rather than an allocation.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ThreadId(Arc<str>);
+
+impl Serialize for ThreadId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ThreadId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::from)
+    }
+}
 
 impl ThreadId {
     /// A fresh, time-ordered id (UUIDv7, as Codex uses).
     pub fn new() -> Self {
-        Self(uuid::Uuid::now_v7().to_string())
+        let mut buf = uuid::Uuid::encode_buffer();
+        Self(Arc::from(
+            &*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf),
+        ))
     }
 
     /// The id as a string slice.
@@ -40,13 +59,13 @@ impl Default for ThreadId {
 
 impl From<String> for ThreadId {
     fn from(s: String) -> Self {
-        Self(s)
+        Self(Arc::from(s))
     }
 }
 
 impl From<&str> for ThreadId {
     fn from(s: &str) -> Self {
-        Self(s.to_owned())
+        Self(Arc::from(s))
     }
 }
 

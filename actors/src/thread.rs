@@ -125,16 +125,17 @@ pub(crate) struct ThreadActor {
     generation: u64,
     /// Completed turns, oldest first (what the store has).
     history: Vec<Turn>,
-    /// The turn in flight, if any.
-    active: Option<ActiveTurn>,
+    /// The turn in flight, if any. Boxed, like the other fields that most idle threads do not
+    /// use, to keep the actor small: a million idle threads must fit in 2 GiB.
+    active: Option<Box<ActiveTurn>>,
     /// Pending server requests, in id order (the replay order).
     pending: BTreeMap<RequestId, Pending>,
     /// The last turn failed with a system error; cleared by the next turn start.
     system_error: bool,
-    /// Token usage as of the latest turn that reported any.
-    usage: Option<UsageRecord>,
-    /// The thread's goal.
-    goal: Option<Goal>,
+    /// Token usage as of the latest turn that reported any (boxed: see `active`).
+    usage: Option<Box<UsageRecord>>,
+    /// The thread's goal (boxed: see `active`).
+    goal: Option<Box<Goal>>,
     /// The status last broadcast, to emit `thread/status/changed` only on real changes.
     status: ThreadStatus,
     /// Idle clock (spec section 5).
@@ -152,8 +153,9 @@ pub(crate) struct ThreadActor {
     finished: bool,
     /// Sends the first snapshot to whoever created the thread (start or cold load).
     on_started: Option<oneshot::Sender<ThreadSnapshot>>,
-    /// The first subscriber and its in-stream reply (`thread/start`).
-    creator: Option<(ConnectionId, ConnRef, Option<ClientRequestId>)>,
+    /// The first subscriber and its in-stream reply (`thread/start`); taken when started
+    /// (boxed: see `active`).
+    creator: Option<Box<(ConnectionId, ConnRef, Option<ClientRequestId>)>>,
     /// Loaded from the store (a cold resume): broadcast `idle` when started.
     cold: bool,
 }
@@ -193,7 +195,7 @@ impl ThreadActor {
             Some(s) => {
                 let mut turns = s.turns;
                 settle_turns(&mut turns);
-                (turns, s.usage, s.goal)
+                (turns, s.usage.map(Box::new), s.goal.map(Box::new))
             }
             None => (Vec::new(), None, None),
         };
@@ -222,7 +224,7 @@ impl ThreadActor {
             restarts: RestartWindow::new(),
             finished: false,
             on_started: Some(on_started),
-            creator,
+            creator: creator.map(Box::new),
             cold,
         }
     }
@@ -532,11 +534,11 @@ impl ThreadActor {
                 outcome,
             });
         });
-        self.active = Some(ActiveTurn {
+        self.active = Some(Box::new(ActiveTurn {
             turn: active_turn,
             open: Vec::new(),
             task,
-        });
+        }));
         self.refresh(ctx);
         Ok(turn)
     }
@@ -576,7 +578,11 @@ impl ThreadActor {
             });
         }
         self.meta.updated_at = unix_seconds();
-        let usage = self.usage.clone().filter(|u| u.turn_id == turn.id);
+        let usage = self
+            .usage
+            .as_deref()
+            .filter(|u| u.turn_id == turn.id)
+            .cloned();
         match self.history.iter_mut().find(|t| t.id == turn.id) {
             Some(old) => *old = turn.clone(),
             None => self.history.push(turn.clone()),
@@ -671,10 +677,10 @@ impl ThreadActor {
                     last,
                     model_context_window,
                 };
-                self.usage = Some(UsageRecord {
+                self.usage = Some(Box::new(UsageRecord {
                     turn_id: turn_id.clone(),
                     usage,
-                });
+                }));
                 if let Some(goal) = self.goal.as_mut() {
                     goal.tokens_used += last.total_tokens;
                 }
@@ -812,7 +818,7 @@ impl Actor for ThreadActor {
                     status: ThreadStatus::Idle,
                 }));
         }
-        let creator = self.creator.take();
+        let creator = self.creator.take().map(|c| *c);
         if let Some((conn, addr, _)) = &creator {
             self.subscribe(*conn, addr.clone());
         }
@@ -892,7 +898,7 @@ impl Handler<Resume> for ThreadActor {
                 Some(goal) => Notification::GoalUpdated {
                     thread_id: id.clone(),
                     turn_id: None,
-                    goal: goal.clone(),
+                    goal: Goal::clone(goal),
                 },
                 None => Notification::GoalCleared {
                     thread_id: id.clone(),
@@ -1047,7 +1053,7 @@ impl Handler<SetGoal> for ThreadActor {
         let result = if self.closing.is_some() {
             Err(HostError::Closing(self.id().clone()))
         } else {
-            crate::host::apply_goal(self.id(), self.goal.as_ref(), msg.update)
+            crate::host::apply_goal(self.id(), self.goal.as_deref(), msg.update)
         };
         let goal = match result {
             Ok(g) => g,
@@ -1060,7 +1066,7 @@ impl Handler<SetGoal> for ThreadActor {
         let save = bounded(save, self.shared.config.store_timeout);
         Box::pin(save.into_actor(self).map(move |res, act, _ctx| {
             res?;
-            act.goal = Some(goal.clone());
+            act.goal = Some(Box::new(goal.clone()));
             if let Some(r) = msg.reply {
                 r.send(serde_json::json!({ "goal": goal }));
             }
@@ -1083,7 +1089,7 @@ impl Handler<GetGoal> for ThreadActor {
     type Result = Result<Option<Goal>, HostError>;
 
     fn handle(&mut self, _msg: GetGoal, _ctx: &mut Context<Self>) -> Self::Result {
-        Ok(self.goal.clone())
+        Ok(self.goal.as_deref().cloned())
     }
 }
 
