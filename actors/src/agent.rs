@@ -39,7 +39,11 @@ pub trait Agent: 'static {
     /// Runs one turn. The returned future ends when the turn ends: `Ok` for a completed turn,
     /// `Err` for a failed one. It is dropped when the turn is interrupted. A panic, here or in
     /// the future, fails the turn and restarts the thread.
-    fn run_turn(&mut self, input: TurnInput, ctx: TurnContext) -> LocalBoxFuture<'static, Result<(), TurnError>>;
+    fn run_turn(
+        &mut self,
+        input: TurnInput,
+        ctx: TurnContext,
+    ) -> LocalBoxFuture<'static, Result<(), TurnError>>;
 
     /// Whether the agent still runs work of its own outside any turn (background tasks). The
     /// idle clock treats that as activity when its target passes (spec section 5).
@@ -125,7 +129,10 @@ impl TurnContext {
 
     /// Streams text into an agent-message item (`item/agentMessage/delta`).
     pub fn agent_message_delta(&self, item_id: &str, delta: &str) {
-        self.emit(AgentEventKind::Delta { item_id: item_id.to_owned(), delta: delta.to_owned() });
+        self.emit(AgentEventKind::Delta {
+            item_id: item_id.to_owned(),
+            delta: delta.to_owned(),
+        });
     }
 
     /// An item ended (`item/completed`); the final item is what is stored.
@@ -135,7 +142,10 @@ impl TurnContext {
 
     /// The turn used tokens (`thread/tokenUsage/updated`).
     pub fn token_usage(&self, last: TokenUsageBreakdown, model_context_window: Option<i64>) {
-        self.emit(AgentEventKind::TokenUsage { last, model_context_window });
+        self.emit(AgentEventKind::TokenUsage {
+            last,
+            model_context_window,
+        });
     }
 
     /// Sends a server request to the thread's subscribers and waits for the first answer.
@@ -148,7 +158,11 @@ impl TurnContext {
         params: serde_json::Value,
     ) -> Result<RequestAnswer, RequestCancelled> {
         let (tx, rx) = oneshot::channel();
-        self.emit(AgentEventKind::Request { method: method.to_owned(), params, answer: tx });
+        self.emit(AgentEventKind::Request {
+            method: method.to_owned(),
+            params,
+            answer: tx,
+        });
         rx.await.map_err(|_| RequestCancelled)
     }
 }

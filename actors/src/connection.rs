@@ -65,7 +65,9 @@ pub(crate) struct ConnectionActor {
 
 impl std::fmt::Debug for ConnectionActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionActor").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("ConnectionActor")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -225,7 +227,11 @@ impl Handler<RouteAnswer> for ConnectionActor {
         };
         match self.shared.directory.get(thread) {
             Some(addr) => {
-                addr.do_send(AnswerRequest { conn: self.id, id: msg.id, answer: msg.answer });
+                addr.do_send(AnswerRequest {
+                    conn: self.id,
+                    id: msg.id,
+                    answer: msg.answer,
+                });
                 true
             }
             None => false,

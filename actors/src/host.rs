@@ -95,7 +95,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn registry(&self) -> &Addr<ThreadRegistry> {
-        self.registry.get().expect("the registry is started before any other actor")
+        self.registry
+            .get()
+            .expect("the registry is started before any other actor")
     }
 
     pub(crate) fn registry_opt(&self) -> Option<&Addr<ThreadRegistry>> {
@@ -115,12 +117,15 @@ impl Shared {
             return None;
         }
         let n = self.arbiters.len() as u64;
-        self.arbiters.get(usize::try_from(id.placement() % n).unwrap_or(0))
+        self.arbiters
+            .get(usize::try_from(id.placement() % n).unwrap_or(0))
     }
 
     fn spawn_thread(&self, init: ThreadInit) -> Addr<ThreadActor> {
         match self.arbiter_for(&init.meta.id) {
-            Some(arbiter) => ThreadActor::start_in_arbiter(arbiter, move |_| ThreadActor::new(init)),
+            Some(arbiter) => {
+                ThreadActor::start_in_arbiter(arbiter, move |_| ThreadActor::new(init))
+            }
             None => ThreadActor::new(init).start(),
         }
     }
@@ -130,7 +135,11 @@ impl Shared {
 struct FailedAgent(String);
 
 impl Agent for FailedAgent {
-    fn run_turn(&mut self, _input: TurnInput, _ctx: TurnContext) -> LocalBoxFuture<'static, Result<(), TurnError>> {
+    fn run_turn(
+        &mut self,
+        _input: TurnInput,
+        _ctx: TurnContext,
+    ) -> LocalBoxFuture<'static, Result<(), TurnError>> {
         let msg = self.0.clone();
         Box::pin(async move { Err(TurnError::new(msg)) })
     }
@@ -151,13 +160,25 @@ pub(crate) fn make_agent(shared: &Shared, meta: &ThreadMeta) -> Box<dyn Agent> {
 }
 
 /// Applies a `thread/goal/set` to the current goal (spec section 10).
-pub(crate) fn apply_goal(id: &ThreadId, current: Option<&Goal>, update: GoalUpdate) -> Result<Goal, HostError> {
+pub(crate) fn apply_goal(
+    id: &ThreadId,
+    current: Option<&Goal>,
+    update: GoalUpdate,
+) -> Result<Goal, HostError> {
     let now = unix_seconds();
-    if update.objective.as_deref().is_some_and(|o| o.trim().is_empty()) {
-        return Err(HostError::InvalidParams("objective: must not be empty".into()));
+    if update
+        .objective
+        .as_deref()
+        .is_some_and(|o| o.trim().is_empty())
+    {
+        return Err(HostError::InvalidParams(
+            "objective: must not be empty".into(),
+        ));
     }
     if update.token_budget.is_some_and(|b| b < 0) {
-        return Err(HostError::InvalidParams("tokenBudget: must not be negative".into()));
+        return Err(HostError::InvalidParams(
+            "tokenBudget: must not be negative".into(),
+        ));
     }
     match current {
         None => {
@@ -225,7 +246,11 @@ pub struct StartThread {
 
 impl ThreadHost {
     /// Starts a host with its registry and arbiters.
-    pub fn start(config: HostConfig, agents: Arc<dyn AgentFactory>, store: Arc<dyn ThreadStore>) -> Self {
+    pub fn start(
+        config: HostConfig,
+        agents: Arc<dyn AgentFactory>,
+        store: Arc<dyn ThreadStore>,
+    ) -> Self {
         let mut arbiters = Vec::new();
         for _ in 0..config.arbiters {
             arbiters.push(Arbiter::new());
@@ -244,21 +269,40 @@ impl ThreadHost {
         });
         let registry = ThreadRegistry::new(Arc::clone(&shared)).start();
         let _ = shared.registry.set(registry);
-        Self { shared, arbiters: Arc::new(Mutex::new(arbiters)) }
+        Self {
+            shared,
+            arbiters: Arc::new(Mutex::new(arbiters)),
+        }
     }
 
     /// Opens a connection. It receives broadcasts once [`ConnectionHandle::initialize`] ran.
     pub fn connect(&self) -> (ConnectionHandle, Outbox) {
         let id = ConnectionId(self.shared.connection_ids.next());
-        let (actor, outbox) =
-            ConnectionActor::new(id, self.shared.config.outbound_capacity, Arc::clone(&self.shared));
+        let (actor, outbox) = ConnectionActor::new(
+            id,
+            self.shared.config.outbound_capacity,
+            Arc::clone(&self.shared),
+        );
         let addr = actor.start();
-        (ConnectionHandle { shared: Arc::clone(&self.shared), addr, id, reply: None }, outbox)
+        (
+            ConnectionHandle {
+                shared: Arc::clone(&self.shared),
+                addr,
+                id,
+                reply: None,
+            },
+            outbox,
+        )
     }
 
     /// Ids of the loaded threads (including those whose teardown is in flight), sorted.
     pub fn loaded_threads(&self) -> Vec<ThreadId> {
-        let mut ids: Vec<ThreadId> = self.shared.directory.iter().map(|e| e.key().clone()).collect();
+        let mut ids: Vec<ThreadId> = self
+            .shared
+            .directory
+            .iter()
+            .map(|e| e.key().clone())
+            .collect();
         ids.sort();
         ids
     }
@@ -286,12 +330,23 @@ impl ThreadHost {
     /// Unloads every thread (each through its teardown, bounded by the shutdown timeout), then
     /// disconnects every connection and stops the arbiters. Returns how many threads closed.
     pub async fn shutdown(&self) -> usize {
-        let addrs: Vec<Addr<ThreadActor>> =
-            self.shared.directory.iter().map(|e| e.value().clone()).collect();
+        let addrs: Vec<Addr<ThreadActor>> = self
+            .shared
+            .directory
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
         let bound = self.shared.config.shutdown_timeout + self.shared.config.resume_wait_margin;
         let tasks: Vec<_> = addrs
             .into_iter()
-            .map(|a| actix_rt::spawn(async move { matches!(tokio::time::timeout(bound, a.send(Close)).await, Ok(Ok(Ok(())))) }))
+            .map(|a| {
+                actix_rt::spawn(async move {
+                    matches!(
+                        tokio::time::timeout(bound, a.send(Close)).await,
+                        Ok(Ok(Ok(())))
+                    )
+                })
+            })
             .collect();
         let mut closed = 0;
         for t in tasks {
@@ -300,9 +355,15 @@ impl ThreadHost {
             }
         }
         for c in self.shared.connections.iter() {
-            c.value().do_send(Disconnect(Some("the server is shutting down".into())));
+            c.value()
+                .do_send(Disconnect(Some("the server is shutting down".into())));
         }
-        let arbiters = std::mem::take(&mut *self.arbiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let arbiters = std::mem::take(
+            &mut *self
+                .arbiters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         for a in arbiters {
             a.stop();
         }
@@ -327,7 +388,10 @@ pub struct ConnectionHandle {
 
 impl std::fmt::Debug for ConnectionHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionHandle").field("id", &self.id).field("reply", &self.reply).finish()
+        f.debug_struct("ConnectionHandle")
+            .field("id", &self.id)
+            .field("reply", &self.reply)
+            .finish()
     }
 }
 
@@ -343,11 +407,17 @@ impl ConnectionHandle {
 
     /// A handle whose next call delivers its response in-stream with the client's `id`.
     pub fn responding_to(&self, id: ClientRequestId) -> Self {
-        Self { reply: Some(id), ..self.clone() }
+        Self {
+            reply: Some(id),
+            ..self.clone()
+        }
     }
 
     fn reply_to(&self) -> Option<ReplyTo> {
-        self.reply.clone().map(|id| ReplyTo { id, conn: self.addr.clone() })
+        self.reply.clone().map(|id| ReplyTo {
+            id,
+            conn: self.addr.clone(),
+        })
     }
 
     /// Puts a message on this connection's stream (the wire layer's own responses).
@@ -357,12 +427,22 @@ impl ConnectionHandle {
 
     /// Delivers `result` in-stream when responding: `Ok` rendered by `render` unless the actor
     /// already delivered it (`render` is `None`), errors always.
-    fn respond<T>(&self, result: Result<T, HostError>, render: Option<&dyn Fn(&T) -> serde_json::Value>) -> Result<T, HostError> {
+    fn respond<T>(
+        &self,
+        result: Result<T, HostError>,
+        render: Option<&dyn Fn(&T) -> serde_json::Value>,
+    ) -> Result<T, HostError> {
         if let Some(id) = &self.reply {
             match (&result, render) {
-                (Ok(v), Some(render)) => self.deliver(Outbound::Response { id: id.clone(), result: Ok(render(v)) }),
+                (Ok(v), Some(render)) => self.deliver(Outbound::Response {
+                    id: id.clone(),
+                    result: Ok(render(v)),
+                }),
                 (Ok(_), None) => {}
-                (Err(e), _) => self.deliver(Outbound::Response { id: id.clone(), result: Err(e.clone()) }),
+                (Err(e), _) => self.deliver(Outbound::Response {
+                    id: id.clone(),
+                    result: Err(e.clone()),
+                }),
             }
         }
         result
@@ -371,7 +451,8 @@ impl ConnectionHandle {
     /// Completes the handshake: the connection now receives broadcasts, minus the notification
     /// methods it opted out of.
     pub fn initialize(&self, opt_out: impl IntoIterator<Item = String>) {
-        self.addr.do_send(SetOptOut(opt_out.into_iter().collect::<HashSet<_>>()));
+        self.addr
+            .do_send(SetOptOut(opt_out.into_iter().collect::<HashSet<_>>()));
         self.shared.connections.insert(self.id, self.addr.clone());
     }
 
@@ -397,7 +478,9 @@ impl ConnectionHandle {
             Some(m) => m,
             None => self.shared.agents.default_model(),
         };
-        let cwd = params.cwd.unwrap_or_else(|| self.shared.config.default_cwd.clone());
+        let cwd = params
+            .cwd
+            .unwrap_or_else(|| self.shared.config.default_cwd.clone());
         let mut meta = ThreadMeta::new(ThreadId::new(), model, cwd);
         meta.raw_events = params.raw_events;
         let id = meta.id.clone();
@@ -420,12 +503,20 @@ impl ConnectionHandle {
 
     /// Resumes a thread: warm if loaded, cold from the store otherwise; waits (bounded) for a
     /// teardown in flight (spec sections 6 and 9).
-    pub async fn resume(&self, id: &ThreadId, exclude_turns: bool) -> Result<ThreadSnapshot, HostError> {
+    pub async fn resume(
+        &self,
+        id: &ThreadId,
+        exclude_turns: bool,
+    ) -> Result<ThreadSnapshot, HostError> {
         let r = self.resume_inner(id, exclude_turns).await;
         self.respond(r, None)
     }
 
-    async fn resume_inner(&self, id: &ThreadId, exclude_turns: bool) -> Result<ThreadSnapshot, HostError> {
+    async fn resume_inner(
+        &self,
+        id: &ThreadId,
+        exclude_turns: bool,
+    ) -> Result<ThreadSnapshot, HostError> {
         let cfg = &self.shared.config;
         let deadline = tokio::time::Instant::now() + cfg.shutdown_timeout + cfg.resume_wait_margin;
         let registry = self.shared.registry();
@@ -450,7 +541,12 @@ impl ConnectionHandle {
                     }
                 },
             };
-            let msg = Resume { conn: self.id, addr: self.addr.clone(), exclude_turns, reply: self.reply.clone() };
+            let msg = Resume {
+                conn: self.id,
+                addr: self.addr.clone(),
+                exclude_turns,
+                reply: self.reply.clone(),
+            };
             let r = tokio::time::timeout_at(deadline, addr.send(msg)).await;
             registry.do_send(Release(id.clone()));
             match r {
@@ -485,7 +581,10 @@ impl ConnectionHandle {
             creator: None,
             on_started: tx,
         });
-        self.shared.registry().do_send(Register { id: id.clone(), addr: addr.clone() });
+        self.shared.registry().do_send(Register {
+            id: id.clone(),
+            addr: addr.clone(),
+        });
         let _ = tokio::time::timeout(bound, rx).await;
         Ok(addr)
     }
@@ -497,19 +596,30 @@ impl ConnectionHandle {
     /// `thread/unsubscribe`: never unloads, never stops a turn.
     pub async fn unsubscribe(&self, id: &ThreadId) -> Result<UnsubscribeStatus, HostError> {
         let r = match self.loaded(id) {
-            Some(addr) => addr.send(Unsubscribe(self.id)).await.map_err(unavailable(id)),
+            Some(addr) => addr
+                .send(Unsubscribe(self.id))
+                .await
+                .map_err(unavailable(id)),
             None => Ok(UnsubscribeStatus::NotLoaded),
         };
         self.respond(r, Some(&|s| serde_json::json!({ "status": s })))
     }
 
     /// `thread/read`: the loaded thread's live snapshot, or the stored one (`notLoaded`).
-    pub async fn read(&self, id: &ThreadId, include_turns: bool) -> Result<ThreadSnapshot, HostError> {
+    pub async fn read(
+        &self,
+        id: &ThreadId,
+        include_turns: bool,
+    ) -> Result<ThreadSnapshot, HostError> {
         let r = self.read_inner(id, include_turns).await;
         self.respond(r, Some(&|s| serde_json::json!({ "thread": s.to_json() })))
     }
 
-    async fn read_inner(&self, id: &ThreadId, include_turns: bool) -> Result<ThreadSnapshot, HostError> {
+    async fn read_inner(
+        &self,
+        id: &ThreadId,
+        include_turns: bool,
+    ) -> Result<ThreadSnapshot, HostError> {
         if let Some(addr) = self.loaded(id) {
             if let Ok(r) = addr.send(Read { include_turns }).await {
                 return r;
@@ -520,14 +630,31 @@ impl ConnectionHandle {
             .await
             .map_err(|_| HostError::Timeout(bound, "the store"))??
             .ok_or_else(|| HostError::ThreadNotFound(id.clone()))?;
-        let mut turns = if include_turns { stored.turns } else { Vec::new() };
+        let mut turns = if include_turns {
+            stored.turns
+        } else {
+            Vec::new()
+        };
         settle_turns(&mut turns);
-        Ok(ThreadSnapshot { meta: stored.meta, status: ThreadStatus::NotLoaded, turns })
+        Ok(ThreadSnapshot {
+            meta: stored.meta,
+            status: ThreadStatus::NotLoaded,
+            turns,
+        })
     }
 
     /// `thread/loaded/list`: loaded thread ids, sorted, paged by `cursor` (an id) and `limit`.
-    pub async fn list_loaded(&self, cursor: Option<&str>, limit: Option<usize>) -> Result<(Vec<ThreadId>, Option<String>), HostError> {
-        let mut ids: Vec<ThreadId> = self.shared.directory.iter().map(|e| e.key().clone()).collect();
+    pub async fn list_loaded(
+        &self,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<(Vec<ThreadId>, Option<String>), HostError> {
+        let mut ids: Vec<ThreadId> = self
+            .shared
+            .directory
+            .iter()
+            .map(|e| e.key().clone())
+            .collect();
         ids.sort();
         if let Some(c) = cursor {
             ids.retain(|i| i.as_str() > c);
@@ -536,7 +663,10 @@ impl ConnectionHandle {
         let next = (ids.len() > limit).then(|| ids[limit - 1].to_string());
         ids.truncate(limit);
         let r = Ok((ids, next));
-        self.respond(r, Some(&|(d, n)| serde_json::json!({ "data": d, "nextCursor": n })))
+        self.respond(
+            r,
+            Some(&|(d, n)| serde_json::json!({ "data": d, "nextCursor": n })),
+        )
     }
 
     /// `thread/list`: stored threads with their stored metadata.
@@ -551,10 +681,17 @@ impl ConnectionHandle {
 
     /// `turn/start` on a loaded thread. The response (if responding) comes before
     /// `turn/started`.
-    pub async fn start_turn(&self, id: &ThreadId, input: Vec<UserInput>) -> Result<Turn, HostError> {
+    pub async fn start_turn(
+        &self,
+        id: &ThreadId,
+        input: Vec<UserInput>,
+    ) -> Result<Turn, HostError> {
         let r = match self.loaded(id) {
             Some(addr) => addr
-                .send(StartTurn { input, reply: self.reply_to() })
+                .send(StartTurn {
+                    input,
+                    reply: self.reply_to(),
+                })
                 .await
                 .map_err(unavailable(id))
                 .and_then(|r| r),
@@ -567,7 +704,9 @@ impl ConnectionHandle {
     pub async fn interrupt(&self, id: &ThreadId, turn_id: &str) -> Result<(), HostError> {
         let r = match self.loaded(id) {
             Some(addr) => addr
-                .send(Interrupt { turn_id: turn_id.to_owned() })
+                .send(Interrupt {
+                    turn_id: turn_id.to_owned(),
+                })
                 .await
                 .map_err(unavailable(id))
                 .and_then(|r| r),
@@ -580,7 +719,14 @@ impl ConnectionHandle {
     /// thread; an answer to a request this connection was never sent, or that was already
     /// resolved, is ignored (logged and counted, never answered).
     pub async fn answer(&self, request: RequestId, answer: serde_json::Value) -> bool {
-        let routed = self.addr.send(RouteAnswer { id: request, answer }).await.unwrap_or(false);
+        let routed = self
+            .addr
+            .send(RouteAnswer {
+                id: request,
+                answer,
+            })
+            .await
+            .unwrap_or(false);
         if !routed {
             tracing::info!(connection = %self.id, request = %request, "ignored an answer to a server request that is not pending for this connection");
             self.shared.metrics.ignored_answers.inc();
@@ -590,10 +736,15 @@ impl ConnectionHandle {
 
     /// `thread/goal/set`.
     pub async fn set_goal(&self, id: &ThreadId, update: GoalUpdate) -> Result<Goal, HostError> {
-        let r = self.goal_op(id, GoalOp::Set(update)).await.and_then(|g| match g {
-            GoalReply::Set(g) => Ok(g),
-            _ => Err(HostError::InvalidParams("internal: goal reply mismatch".into())),
-        });
+        let r = self
+            .goal_op(id, GoalOp::Set(update))
+            .await
+            .and_then(|g| match g {
+                GoalReply::Set(g) => Ok(g),
+                _ => Err(HostError::InvalidParams(
+                    "internal: goal reply mismatch".into(),
+                )),
+            });
         self.respond(r, None)
     }
 
@@ -608,7 +759,10 @@ impl ConnectionHandle {
 
     /// `thread/goal/clear`: `true` if a goal was cleared.
     pub async fn clear_goal(&self, id: &ThreadId) -> Result<bool, HostError> {
-        let r = self.goal_op(id, GoalOp::Clear).await.map(|g| matches!(g, GoalReply::Cleared(true)));
+        let r = self
+            .goal_op(id, GoalOp::Clear)
+            .await
+            .map(|g| matches!(g, GoalReply::Cleared(true)));
         self.respond(r, None)
     }
 
@@ -633,13 +787,15 @@ impl ConnectionHandle {
                     registry.do_send(Release(id.clone()));
                     let reply = self.reply_to();
                     let r = match op {
-                        GoalOp::Set(update) => {
-                            addr.send(SetGoal { update, reply }).await.map(|r| r.map(GoalReply::Set))
-                        }
+                        GoalOp::Set(update) => addr
+                            .send(SetGoal { update, reply })
+                            .await
+                            .map(|r| r.map(GoalReply::Set)),
                         GoalOp::Get => addr.send(GetGoal).await.map(|r| r.map(GoalReply::Get)),
-                        GoalOp::Clear => {
-                            addr.send(ClearGoal { reply }).await.map(|r| r.map(GoalReply::Cleared))
-                        }
+                        GoalOp::Clear => addr
+                            .send(ClearGoal { reply })
+                            .await
+                            .map(|r| r.map(GoalReply::Cleared)),
                     };
                     return r.map_err(unavailable(id)).and_then(|r| r);
                 }
@@ -664,23 +820,39 @@ impl ConnectionHandle {
             GoalOp::Get => Ok(GoalReply::Get(stored.goal)),
             GoalOp::Set(update) => {
                 let goal = apply_goal(id, stored.goal.as_ref(), update)?;
-                tokio::time::timeout(bound, store.save_goal(stored.meta, Some(goal.clone()))).await.map_err(timeout)??;
+                tokio::time::timeout(bound, store.save_goal(stored.meta, Some(goal.clone())))
+                    .await
+                    .map_err(timeout)??;
                 if let Some(r) = self.reply_to() {
-                    r.conn.do_send(Deliver(Outbound::Response { id: r.id, result: Ok(serde_json::json!({ "goal": goal })) }));
+                    r.conn.do_send(Deliver(Outbound::Response {
+                        id: r.id,
+                        result: Ok(serde_json::json!({ "goal": goal })),
+                    }));
                 }
-                self.shared.broadcast(&Arc::new(Notification::GoalUpdated { thread_id: id.clone(), turn_id: None, goal: goal.clone() }));
+                self.shared.broadcast(&Arc::new(Notification::GoalUpdated {
+                    thread_id: id.clone(),
+                    turn_id: None,
+                    goal: goal.clone(),
+                }));
                 Ok(GoalReply::Set(goal))
             }
             GoalOp::Clear => {
                 let had = stored.goal.is_some();
                 if had {
-                    tokio::time::timeout(bound, store.save_goal(stored.meta, None)).await.map_err(timeout)??;
+                    tokio::time::timeout(bound, store.save_goal(stored.meta, None))
+                        .await
+                        .map_err(timeout)??;
                 }
                 if let Some(r) = self.reply_to() {
-                    r.conn.do_send(Deliver(Outbound::Response { id: r.id, result: Ok(serde_json::json!({ "cleared": had })) }));
+                    r.conn.do_send(Deliver(Outbound::Response {
+                        id: r.id,
+                        result: Ok(serde_json::json!({ "cleared": had })),
+                    }));
                 }
                 if had {
-                    self.shared.broadcast(&Arc::new(Notification::GoalCleared { thread_id: id.clone() }));
+                    self.shared.broadcast(&Arc::new(Notification::GoalCleared {
+                        thread_id: id.clone(),
+                    }));
                 }
                 Ok(GoalReply::Cleared(had))
             }
@@ -693,7 +865,8 @@ impl ConnectionHandle {
     pub async fn close_thread(&self, id: &ThreadId) -> Result<(), HostError> {
         let r = match self.loaded(id) {
             Some(addr) => {
-                let bound = self.shared.config.shutdown_timeout + self.shared.config.resume_wait_margin;
+                let bound =
+                    self.shared.config.shutdown_timeout + self.shared.config.resume_wait_margin;
                 match tokio::time::timeout(bound, addr.send(Close)).await {
                     Ok(r) => r.map_err(unavailable(id)).and_then(|r| r),
                     Err(_) => Err(HostError::Timeout(bound, "the thread to close")),
@@ -708,7 +881,11 @@ impl ConnectionHandle {
     #[cfg(any(test, feature = "testkit"))]
     pub async fn panic_thread_handler(&self, id: &ThreadId) -> Result<(), HostError> {
         match self.loaded(id) {
-            Some(addr) => addr.send(crate::thread::PanicInHandler).await.map_err(unavailable(id)).and_then(|r| r),
+            Some(addr) => addr
+                .send(crate::thread::PanicInHandler)
+                .await
+                .map_err(unavailable(id))
+                .and_then(|r| r),
             None => Err(HostError::ThreadNotLoaded(id.clone())),
         }
     }

@@ -46,8 +46,8 @@ pub use ids::{ClientRequestId, ConnectionId, RequestId, ThreadId};
 pub use metrics::{CounterMetric, Gauge, Metrics};
 pub use model::{
     preview_of, thread_response, unix_millis, unix_seconds, ActiveFlag, CommandExecutionStatus,
-    Goal, GoalStatus, GoalUpdate, ThreadItem, ThreadMeta, ThreadSnapshot, ThreadStatus,
-    TokenUsage, TokenUsageBreakdown, Turn, TurnError, TurnStatus, UserInput,
+    Goal, GoalStatus, GoalUpdate, ThreadItem, ThreadMeta, ThreadSnapshot, ThreadStatus, TokenUsage,
+    TokenUsageBreakdown, Turn, TurnError, TurnStatus, UserInput,
 };
 pub use outbound::{Notification, Outbound, ServerRequest, ThreadJson};
 pub use registry::UnloadOutcome;

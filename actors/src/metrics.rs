@@ -34,7 +34,8 @@ impl Gauge {
     }
 
     pub(crate) fn sub(&self, n: usize) {
-        self.0.fetch_sub(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
+        self.0
+            .fetch_sub(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
     /// Current value.

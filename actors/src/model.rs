@@ -99,7 +99,10 @@ pub struct TurnError {
 impl TurnError {
     /// An error with only a message.
     pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into(), additional_details: None }
+        Self {
+            message: message.into(),
+            additional_details: None,
+        }
     }
 }
 
@@ -131,7 +134,10 @@ pub enum UserInput {
 impl UserInput {
     /// A text input.
     pub fn text(text: impl Into<String>) -> Self {
-        Self::Text { text: text.into(), text_elements: Vec::new() }
+        Self::Text {
+            text: text.into(),
+            text_elements: Vec::new(),
+        }
     }
 }
 
@@ -237,7 +243,10 @@ impl Turn {
 
     /// The same turn without its items (for `excludeTurns`-style summaries and notifications).
     pub fn without_items(&self) -> Self {
-        Self { items: Vec::new(), ..self.clone() }
+        Self {
+            items: Vec::new(),
+            ..self.clone()
+        }
     }
 }
 

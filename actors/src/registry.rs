@@ -73,11 +73,14 @@ impl ThreadRegistry {
     /// Removes a thread from the directory and tells every connection, in order.
     fn close(&mut self, id: &ThreadId) {
         self.shared.directory.remove(id);
-        self.shared.broadcast(&Arc::new(Notification::ThreadStatusChanged {
+        self.shared
+            .broadcast(&Arc::new(Notification::ThreadStatusChanged {
+                thread_id: id.clone(),
+                status: ThreadStatus::NotLoaded,
+            }));
+        self.shared.broadcast(&Arc::new(Notification::ThreadClosed {
             thread_id: id.clone(),
-            status: ThreadStatus::NotLoaded,
         }));
-        self.shared.broadcast(&Arc::new(Notification::ThreadClosed { thread_id: id.clone() }));
     }
 }
 
@@ -167,7 +170,10 @@ impl Handler<EndTeardown> for ThreadRegistry {
 }
 
 /// An explicit `thread/close` caller and the answer it gets when the teardown ends.
-pub(crate) type CloseWaiter = (oneshot::Sender<Result<(), HostError>>, Result<(), HostError>);
+pub(crate) type CloseWaiter = (
+    oneshot::Sender<Result<(), HostError>>,
+    Result<(), HostError>,
+);
 
 /// Asks to attach to (or resume) a thread.
 #[derive(Message, Debug)]
@@ -268,7 +274,11 @@ impl Handler<ThreadGone> for ThreadRegistry {
     type Result = ();
 
     fn handle(&mut self, ThreadGone(id): ThreadGone, _ctx: &mut Context<Self>) {
-        let dead = self.shared.directory.get(&id).is_some_and(|a| !a.connected());
+        let dead = self
+            .shared
+            .directory
+            .get(&id)
+            .is_some_and(|a| !a.connected());
         if dead {
             self.close(&id);
         }

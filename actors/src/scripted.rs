@@ -43,8 +43,11 @@ pub enum ShutdownBehavior {
     Hang,
 }
 
-const BEHAVIORS: [ShutdownBehavior; 3] =
-    [ShutdownBehavior::Complete, ShutdownBehavior::Refuse, ShutdownBehavior::Hang];
+const BEHAVIORS: [ShutdownBehavior; 3] = [
+    ShutdownBehavior::Complete,
+    ShutdownBehavior::Refuse,
+    ShutdownBehavior::Hang,
+];
 
 /// Makes scripted agents.
 #[derive(Debug, Default)]
@@ -64,7 +67,10 @@ impl ScriptedAgentFactory {
     /// Sets how agents created from now on shut down.
     pub fn set_shutdown(&self, b: ShutdownBehavior) {
         let i = BEHAVIORS.iter().position(|x| *x == b).unwrap_or(0);
-        self.shutdown.store(u8::try_from(i).unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        self.shutdown.store(
+            u8::try_from(i).unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 
@@ -83,7 +89,9 @@ impl AgentFactory for ScriptedAgentFactory {
             return Err(AgentError::Refused(format!("unknown model {model:?}")));
         }
         let i = usize::from(self.shutdown.load(std::sync::atomic::Ordering::Relaxed));
-        Ok(Box::new(ScriptedAgent::new(BEHAVIORS.get(i).copied().unwrap_or_default())))
+        Ok(Box::new(ScriptedAgent::new(
+            BEHAVIORS.get(i).copied().unwrap_or_default(),
+        )))
     }
 }
 
@@ -97,7 +105,10 @@ pub struct ScriptedAgent {
 impl ScriptedAgent {
     /// An agent that shuts down as told.
     pub fn new(shutdown: ShutdownBehavior) -> Self {
-        Self { shutdown: Rc::new(Cell::new(shutdown)), background_until: Rc::new(Cell::new(None)) }
+        Self {
+            shutdown: Rc::new(Cell::new(shutdown)),
+            background_until: Rc::new(Cell::new(None)),
+        }
     }
 }
 
@@ -112,9 +123,14 @@ fn first_text(input: &[UserInput]) -> String {
 }
 
 fn parse_ms(arg: &str) -> Result<Duration, TurnError> {
-    arg.trim().parse::<u64>().map(Duration::from_millis).map_err(|_| {
-        TurnError::new(format!("expected a number of milliseconds after the command, got {arg:?}"))
-    })
+    arg.trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| {
+            TurnError::new(format!(
+                "expected a number of milliseconds after the command, got {arg:?}"
+            ))
+        })
 }
 
 fn words(s: &str) -> i64 {
@@ -124,14 +140,20 @@ fn words(s: &str) -> i64 {
 /// Streams `text` as one agent-message item, a delta per word.
 fn say(ctx: &TurnContext, text: &str) {
     let id = format!("{}-msg", ctx.turn_id());
-    ctx.item_started(ThreadItem::AgentMessage { id: id.clone(), text: String::new() });
+    ctx.item_started(ThreadItem::AgentMessage {
+        id: id.clone(),
+        text: String::new(),
+    });
     let mut first = true;
     for w in text.split_whitespace() {
         let delta = if first { w.to_owned() } else { format!(" {w}") };
         first = false;
         ctx.agent_message_delta(&id, &delta);
     }
-    ctx.item_completed(ThreadItem::AgentMessage { id, text: text.to_owned() });
+    ctx.item_completed(ThreadItem::AgentMessage {
+        id,
+        text: text.to_owned(),
+    });
 }
 
 fn usage(ctx: &TurnContext, input: &str, output: &str) {
@@ -170,12 +192,19 @@ fn answer_text(answer: &serde_json::Value) -> String {
 }
 
 impl Agent for ScriptedAgent {
-    fn run_turn(&mut self, input: TurnInput, ctx: TurnContext) -> LocalBoxFuture<'static, Result<(), TurnError>> {
+    fn run_turn(
+        &mut self,
+        input: TurnInput,
+        ctx: TurnContext,
+    ) -> LocalBoxFuture<'static, Result<(), TurnError>> {
         let text = first_text(&input.input);
         let (cmd, arg) = match text.strip_prefix('/') {
             Some(rest) => {
                 let mut parts = rest.splitn(2, char::is_whitespace);
-                (parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or_default().trim().to_owned())
+                (
+                    parts.next().unwrap_or_default().to_owned(),
+                    parts.next().unwrap_or_default().trim().to_owned(),
+                )
             }
             None => (String::new(), text.clone()),
         };
@@ -272,13 +301,17 @@ impl Agent for ScriptedAgent {
     }
 
     fn has_running_work(&self) -> bool {
-        self.background_until.get().is_some_and(|t| Instant::now() < t)
+        self.background_until
+            .get()
+            .is_some_and(|t| Instant::now() < t)
     }
 
     fn shutdown(&mut self) -> Result<LocalBoxFuture<'static, ()>, AgentError> {
         match self.shutdown.get() {
             ShutdownBehavior::Complete => Ok(Box::pin(async {})),
-            ShutdownBehavior::Refuse => Err(AgentError::Refused("scripted agent refuses to shut down".into())),
+            ShutdownBehavior::Refuse => Err(AgentError::Refused(
+                "scripted agent refuses to shut down".into(),
+            )),
             ShutdownBehavior::Hang => Ok(Box::pin(std::future::pending())),
         }
     }

@@ -81,7 +81,12 @@ pub struct ThreadPage {
 pub trait ThreadStore: Send + Sync + 'static {
     /// Records a finished turn with its items and the thread's usage as of that turn, and
     /// upserts the metadata. Durable when the future resolves `Ok`.
-    fn save_turn(&self, meta: ThreadMeta, turn: Turn, usage: Option<UsageRecord>) -> StoreFuture<()>;
+    fn save_turn(
+        &self,
+        meta: ThreadMeta,
+        turn: Turn,
+        usage: Option<UsageRecord>,
+    ) -> StoreFuture<()>;
 
     /// Sets (`Some`) or clears (`None`) the thread's goal, upserting the metadata.
     fn save_goal(&self, meta: ThreadMeta, goal: Option<Goal>) -> StoreFuture<()>;
@@ -116,7 +121,12 @@ impl MemoryStore {
         *lock(&self.fail_writes) = message.map(str::to_owned);
     }
 
-    fn write(&self, id: &ThreadId, meta: Option<ThreadMeta>, f: impl FnOnce(&mut StoredThread)) -> Result<(), StoreError> {
+    fn write(
+        &self,
+        id: &ThreadId,
+        meta: Option<ThreadMeta>,
+        f: impl FnOnce(&mut StoredThread),
+    ) -> Result<(), StoreError> {
         if let Some(msg) = lock(&self.fail_writes).clone() {
             return Err(StoreError::Io(msg));
         }
@@ -150,7 +160,12 @@ fn ready<T: Send + 'static>(r: Result<T, StoreError>) -> StoreFuture<T> {
 }
 
 impl ThreadStore for MemoryStore {
-    fn save_turn(&self, meta: ThreadMeta, turn: Turn, usage: Option<UsageRecord>) -> StoreFuture<()> {
+    fn save_turn(
+        &self,
+        meta: ThreadMeta,
+        turn: Turn,
+        usage: Option<UsageRecord>,
+    ) -> StoreFuture<()> {
         let id = meta.id.clone();
         ready(self.write(&id, Some(meta), |t| {
             match t.turns.iter_mut().find(|old| old.id == turn.id) {
@@ -206,11 +221,18 @@ pub fn page(mut metas: Vec<ThreadMeta>, query: &ListQuery) -> ThreadPage {
     if !query.ascending {
         metas.reverse();
     }
-    let start = query.cursor.as_deref().and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
+    let start = query
+        .cursor
+        .as_deref()
+        .and_then(|c| c.parse::<usize>().ok())
+        .unwrap_or(0);
     let limit = query.limit.max(1);
     let data: Vec<ThreadMeta> = metas.iter().skip(start).take(limit).cloned().collect();
     let next = start + data.len();
-    ThreadPage { next_cursor: (next < metas.len()).then(|| next.to_string()), data }
+    ThreadPage {
+        next_cursor: (next < metas.len()).then(|| next.to_string()),
+        data,
+    }
 }
 
 /// Turns as a resume reports them: stale `inProgress` turns of a thread that is not active are

@@ -54,12 +54,18 @@ pub(crate) struct RestartWindow {
 
 impl RestartWindow {
     pub(crate) fn new() -> Self {
-        Self { recent: VecDeque::new() }
+        Self {
+            recent: VecDeque::new(),
+        }
     }
 
     /// Records a restart at `now`; `false` when that exceeds `max` within `period`.
     pub(crate) fn allow(&mut self, now: Instant, max: u32, period: Duration) -> bool {
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= period) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= period)
+        {
             self.recent.pop_front();
         }
         self.recent.push_back(now);
@@ -105,6 +111,9 @@ mod tests {
     }
 
     fn futures_lite_block_on<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(f)
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
     }
 }

@@ -27,7 +27,9 @@ use crate::store::MemoryStore;
 
 /// A host for paused-time tests: every actor on the current arbiter, the given unload delay,
 /// short shutdown timeout (1 s), an in-memory store and the scripted agent.
-pub fn test_host(unload_delay: Duration) -> (ThreadHost, Arc<MemoryStore>, Arc<ScriptedAgentFactory>) {
+pub fn test_host(
+    unload_delay: Duration,
+) -> (ThreadHost, Arc<MemoryStore>, Arc<ScriptedAgentFactory>) {
     test_host_with(HostConfig {
         unload_delay,
         shutdown_timeout: Duration::from_secs(1),
@@ -39,7 +41,9 @@ pub fn test_host(unload_delay: Duration) -> (ThreadHost, Arc<MemoryStore>, Arc<S
 }
 
 /// Like [`test_host`] with a configuration of your own (keep `arbiters = 0` for paused time).
-pub fn test_host_with(config: HostConfig) -> (ThreadHost, Arc<MemoryStore>, Arc<ScriptedAgentFactory>) {
+pub fn test_host_with(
+    config: HostConfig,
+) -> (ThreadHost, Arc<MemoryStore>, Arc<ScriptedAgentFactory>) {
     let store = Arc::new(MemoryStore::new());
     let agents = Arc::new(ScriptedAgentFactory::new(ShutdownBehavior::Complete));
     let host = ThreadHost::start(config, agents.clone(), store.clone());
@@ -90,7 +94,10 @@ impl Probe {
         match tokio::time::timeout(RECV_BOUND, self.outbox.recv()).await {
             Ok(Some(m)) => m,
             Ok(None) => panic!("probe {}: the connection closed", self.handle.id()),
-            Err(_) => panic!("probe {}: nothing received within {RECV_BOUND:?}", self.handle.id()),
+            Err(_) => panic!(
+                "probe {}: nothing received within {RECV_BOUND:?}",
+                self.handle.id()
+            ),
         }
     }
 

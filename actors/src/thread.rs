@@ -42,15 +42,15 @@ use crate::agent::{Agent, TurnContext, TurnInput};
 use crate::connection::{ConnectionActor, Deliver, DeliverRequest, Subscribed, Unsubscribed};
 use crate::error::HostError;
 use crate::host::Shared;
-use crate::metrics::GuardExt;
 use crate::ids::{ClientRequestId, ConnectionId, RequestId, ThreadId};
+use crate::metrics::GuardExt;
 use crate::model::{
     preview_of, unix_millis, unix_seconds, Goal, GoalUpdate, ThreadItem, ThreadMeta,
     ThreadSnapshot, ThreadStatus, TokenUsage, TokenUsageBreakdown, Turn, TurnError, TurnStatus,
     UserInput,
 };
 use crate::outbound::{Notification, Outbound, ServerRequest};
-use crate::registry::{CloseWaiter, Claim, ClaimUnload, EndTeardown, ThreadGone, UnloadOutcome};
+use crate::registry::{Claim, ClaimUnload, CloseWaiter, EndTeardown, ThreadGone, UnloadOutcome};
 use crate::store::{settle_turns, StoredThread, UsageRecord};
 use crate::supervision::{panic_message, CatchUnwind, RestartWindow};
 
@@ -83,7 +83,10 @@ pub(crate) struct ReplyTo {
 
 impl ReplyTo {
     fn send(self, result: serde_json::Value) {
-        self.conn.do_send(Deliver(Outbound::Response { id: self.id, result: Ok(result) }));
+        self.conn.do_send(Deliver(Outbound::Response {
+            id: self.id,
+            result: Ok(result),
+        }));
     }
 }
 
@@ -177,7 +180,13 @@ pub(crate) struct ThreadInit {
 impl ThreadActor {
     /// Builds the actor; runs on the thread's arbiter, where the agent is created.
     pub(crate) fn new(init: ThreadInit) -> Self {
-        let ThreadInit { shared, meta, stored, creator, on_started } = init;
+        let ThreadInit {
+            shared,
+            meta,
+            stored,
+            creator,
+            on_started,
+        } = init;
         let agent = crate::host::make_agent(&shared, &meta);
         let cold = stored.is_some();
         let (history, usage, goal) = match stored {
@@ -202,7 +211,11 @@ impl ThreadActor {
             system_error: false,
             usage,
             goal,
-            status: if cold { ThreadStatus::NotLoaded } else { ThreadStatus::Idle },
+            status: if cold {
+                ThreadStatus::NotLoaded
+            } else {
+                ThreadStatus::Idle
+            },
             timer: None,
             timer_seq: 0,
             closing: None,
@@ -242,10 +255,11 @@ impl ThreadActor {
         let status = facts.derive();
         if status != self.status {
             self.status = status.clone();
-            self.shared.broadcast(&Arc::new(Notification::ThreadStatusChanged {
-                thread_id: self.id().clone(),
-                status,
-            }));
+            self.shared
+                .broadcast(&Arc::new(Notification::ThreadStatusChanged {
+                    thread_id: self.id().clone(),
+                    status,
+                }));
         }
         let now = Instant::now();
         self.clock.set_active(facts.active(), now);
@@ -275,7 +289,11 @@ impl ThreadActor {
                 settle_turns(&mut turns);
             }
         }
-        ThreadSnapshot { meta: self.meta.clone(), status, turns }
+        ThreadSnapshot {
+            meta: self.meta.clone(),
+            status,
+            turns,
+        }
     }
 
     fn subscribe(&mut self, conn: ConnectionId, addr: Addr<ConnectionActor>) {
@@ -341,7 +359,10 @@ impl ThreadActor {
 
     /// Asks the registry for the unload; holds the mailbox until it answers.
     fn claim_unload(&mut self, force: bool, ctx: &mut Context<Self>) {
-        let msg = ClaimUnload { id: self.id().clone(), force };
+        let msg = ClaimUnload {
+            id: self.id().clone(),
+            force,
+        };
         let wait = self.shared.config.shutdown_timeout;
         let reply = tokio::time::timeout(wait, self.shared.registry().send(msg));
         ctx.wait(reply.into_actor(self).map(move |res, act, ctx| match res {
@@ -389,7 +410,10 @@ impl ThreadActor {
                 Err(_elapsed) => UnloadOutcome::TimedOut,
             }
         };
-        ctx.spawn(fut.into_actor(self).map(|outcome, act, ctx| act.end_teardown(outcome, ctx)));
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|outcome, act, ctx| act.end_teardown(outcome, ctx)),
+        );
     }
 
     fn end_teardown(&mut self, outcome: UnloadOutcome, ctx: &mut Context<Self>) {
@@ -407,7 +431,11 @@ impl ThreadActor {
                     tracing::warn!(error = %e, "could not record the status of an unloaded thread");
                 }
             });
-            self.shared.registry().do_send(EndTeardown { id, outcome, waiters: waiters_ok(waiters) });
+            self.shared.registry().do_send(EndTeardown {
+                id,
+                outcome,
+                waiters: waiters_ok(waiters),
+            });
             self.finished = true;
             ctx.stop();
         } else {
@@ -416,7 +444,11 @@ impl ThreadActor {
                 "thread {id} could not be shut down ({outcome:?}); it stays loaded"
             ));
             let waiters = waiters.into_iter().map(|w| (w, Err(err.clone()))).collect();
-            self.shared.registry().do_send(EndTeardown { id, outcome, waiters });
+            self.shared.registry().do_send(EndTeardown {
+                id,
+                outcome,
+                waiters,
+            });
             self.clock.restart(Instant::now());
             self.refresh(ctx);
         }
@@ -437,7 +469,9 @@ impl ThreadActor {
             return Err(HostError::TurnInProgress(self.id().clone()));
         }
         if input.is_empty() {
-            return Err(HostError::InvalidParams("input: must contain at least one item".into()));
+            return Err(HostError::InvalidParams(
+                "input: must contain at least one item".into(),
+            ));
         }
         let turn_id = uuid::Uuid::now_v7().to_string();
         let turn = Turn::started(turn_id.clone());
@@ -453,7 +487,10 @@ impl ThreadActor {
             thread_id: self.id().clone(),
             turn: turn.clone(),
         });
-        let user = ThreadItem::UserMessage { id: format!("{turn_id}-user"), content: input.clone() };
+        let user = ThreadItem::UserMessage {
+            id: format!("{turn_id}-user"),
+            content: input.clone(),
+        };
         let now_ms = unix_millis();
         self.to_subscribers(Notification::ItemStarted {
             thread_id: self.id().clone(),
@@ -489,9 +526,17 @@ impl ThreadActor {
         let task = actix_rt::spawn(async move {
             let outcome = CatchUnwind(fut).await;
             drop(task_guard);
-            addr.do_send(TurnFinished { generation, turn_id, outcome });
+            addr.do_send(TurnFinished {
+                generation,
+                turn_id,
+                outcome,
+            });
         });
-        self.active = Some(ActiveTurn { turn: active_turn, open: Vec::new(), task });
+        self.active = Some(ActiveTurn {
+            turn: active_turn,
+            open: Vec::new(),
+            task,
+        });
         self.refresh(ctx);
         Ok(turn)
     }
@@ -536,7 +581,10 @@ impl ThreadActor {
             Some(old) => *old = turn.clone(),
             None => self.history.push(turn.clone()),
         }
-        let save = self.shared.store.save_turn(self.meta.clone(), turn.clone(), usage);
+        let save = self
+            .shared
+            .store
+            .save_turn(self.meta.clone(), turn.clone(), usage);
         let bound = self.shared.config.store_timeout;
         let save = async move {
             match tokio::time::timeout(bound, save).await {
@@ -563,7 +611,10 @@ impl ThreadActor {
     fn on_agent_event(&mut self, ev: AgentEvent, ctx: &mut Context<Self>) {
         let current = ev.generation == self.generation
             && self.closing.is_none()
-            && self.active.as_ref().is_some_and(|a| a.turn.id == ev.turn_id);
+            && self
+                .active
+                .as_ref()
+                .is_some_and(|a| a.turn.id == ev.turn_id);
         if !current {
             return; // stale: a superseded generation or an ended turn (a request's sender drops)
         }
@@ -605,10 +656,25 @@ impl ThreadActor {
                     completed_at_ms: unix_millis(),
                 });
             }
-            AgentEventKind::TokenUsage { last, model_context_window } => {
-                let total = self.usage.as_ref().map(|u| u.usage.total).unwrap_or_default().plus(last);
-                let usage = TokenUsage { total, last, model_context_window };
-                self.usage = Some(UsageRecord { turn_id: turn_id.clone(), usage });
+            AgentEventKind::TokenUsage {
+                last,
+                model_context_window,
+            } => {
+                let total = self
+                    .usage
+                    .as_ref()
+                    .map(|u| u.usage.total)
+                    .unwrap_or_default()
+                    .plus(last);
+                let usage = TokenUsage {
+                    total,
+                    last,
+                    model_context_window,
+                };
+                self.usage = Some(UsageRecord {
+                    turn_id: turn_id.clone(),
+                    usage,
+                });
                 if let Some(goal) = self.goal.as_mut() {
                     goal.tokens_used += last.total_tokens;
                 }
@@ -618,15 +684,29 @@ impl ThreadActor {
                     token_usage: usage,
                 });
             }
-            AgentEventKind::Request { method, params, answer } => {
+            AgentEventKind::Request {
+                method,
+                params,
+                answer,
+            } => {
                 let id = RequestId(self.shared.next_request_id());
                 let request = Arc::new(ServerRequest { id, method, params });
                 let mut sent_to = HashSet::new();
                 for (conn_id, conn) in &self.subscribers {
-                    conn.do_send(DeliverRequest { thread: thread_id.clone(), request: Arc::clone(&request) });
+                    conn.do_send(DeliverRequest {
+                        thread: thread_id.clone(),
+                        request: Arc::clone(&request),
+                    });
                     sent_to.insert(*conn_id);
                 }
-                self.pending.insert(id, Pending { request, answer, sent_to });
+                self.pending.insert(
+                    id,
+                    Pending {
+                        request,
+                        answer,
+                        sent_to,
+                    },
+                );
                 self.shared.metrics.pending_requests.inc();
                 self.refresh(ctx);
             }
@@ -634,7 +714,10 @@ impl ThreadActor {
     }
 
     fn on_answer(&mut self, msg: AnswerRequest, ctx: &mut Context<Self>) {
-        let allowed = self.pending.get(&msg.id).is_some_and(|p| p.sent_to.contains(&msg.conn));
+        let allowed = self
+            .pending
+            .get(&msg.id)
+            .is_some_and(|p| p.sent_to.contains(&msg.conn));
         if !allowed {
             tracing::info!(thread = %self.id(), request = %msg.id, connection = %msg.conn, "ignored an answer to a server request that is not pending for that connection");
             self.shared.metrics.ignored_answers.inc();
@@ -674,13 +757,17 @@ impl ThreadActor {
         let id = self.id().clone();
         self.shared.metrics.restarts.inc();
         let cfg = &self.shared.config;
-        let within_bound = self.restarts.allow(Instant::now(), cfg.max_restarts, cfg.restart_period);
+        let within_bound =
+            self.restarts
+                .allow(Instant::now(), cfg.max_restarts, cfg.restart_period);
         tracing::error!(thread = %id, reason, within_bound, "thread failed; restarting");
         self.generation += 1;
         if let Some((h, _, _)) = self.timer.take() {
             ctx.cancel_future(h);
         }
-        let error = TurnError::new(format!("the agent of thread {id} failed ({reason}); the thread was restarted"));
+        let error = TurnError::new(format!(
+            "the agent of thread {id} failed ({reason}); the thread was restarted"
+        ));
         if self.active.is_some() {
             self.complete_turn(TurnStatus::Failed, Some(&error), ctx);
         } else {
@@ -704,9 +791,7 @@ impl ThreadActor {
     }
 }
 
-fn waiters_ok(
-    waiters: Vec<oneshot::Sender<Result<(), HostError>>>,
-) -> Vec<CloseWaiter> {
+fn waiters_ok(waiters: Vec<oneshot::Sender<Result<(), HostError>>>) -> Vec<CloseWaiter> {
     waiters.into_iter().map(|w| (w, Ok(()))).collect()
 }
 
@@ -717,10 +802,11 @@ impl Actor for ThreadActor {
         self.shared.metrics.threads.inc();
         if self.cold {
             self.status = ThreadStatus::Idle;
-            self.shared.broadcast(&Arc::new(Notification::ThreadStatusChanged {
-                thread_id: self.id().clone(),
-                status: ThreadStatus::Idle,
-            }));
+            self.shared
+                .broadcast(&Arc::new(Notification::ThreadStatusChanged {
+                    thread_id: self.id().clone(),
+                    status: ThreadStatus::Idle,
+                }));
         }
         let creator = self.creator.take();
         if let Some((conn, addr, _)) = &creator {
@@ -731,7 +817,10 @@ impl Actor for ThreadActor {
             ReplyTo { id, conn: addr }.send(crate::model::thread_response(&snapshot));
         }
         if !self.cold {
-            self.shared.broadcast(&Arc::new(Notification::ThreadStarted { thread: snapshot.to_json() }));
+            self.shared
+                .broadcast(&Arc::new(Notification::ThreadStarted {
+                    thread: snapshot.to_json(),
+                }));
         }
         if let Some(tx) = self.on_started.take() {
             let _ = tx.send(snapshot);
@@ -787,11 +876,13 @@ impl Handler<Resume> for ThreadActor {
                 });
             }
             if let (false, Some(u)) = (msg.exclude_turns, &this.usage) {
-                out.push(Outbound::Notification(Arc::new(Notification::TokenUsageUpdated {
-                    thread_id: id.clone(),
-                    turn_id: u.turn_id.clone(),
-                    token_usage: u.usage,
-                })));
+                out.push(Outbound::Notification(Arc::new(
+                    Notification::TokenUsageUpdated {
+                        thread_id: id.clone(),
+                        turn_id: u.turn_id.clone(),
+                        token_usage: u.usage,
+                    },
+                )));
             }
             let goal = match &this.goal {
                 Some(goal) => Notification::GoalUpdated {
@@ -799,7 +890,9 @@ impl Handler<Resume> for ThreadActor {
                     turn_id: None,
                     goal: goal.clone(),
                 },
-                None => Notification::GoalCleared { thread_id: id.clone() },
+                None => Notification::GoalCleared {
+                    thread_id: id.clone(),
+                },
             };
             out.push(Outbound::Notification(Arc::new(goal)));
             for m in out {
@@ -807,7 +900,10 @@ impl Handler<Resume> for ThreadActor {
             }
             for p in this.pending.values_mut() {
                 p.sent_to.insert(msg.conn);
-                msg.addr.do_send(DeliverRequest { thread: id.clone(), request: Arc::clone(&p.request) });
+                msg.addr.do_send(DeliverRequest {
+                    thread: id.clone(),
+                    request: Arc::clone(&p.request),
+                });
             }
             this.refresh(ctx);
             Ok(snapshot)
@@ -823,7 +919,11 @@ pub(crate) struct Unsubscribe(pub(crate) ConnectionId);
 impl Handler<Unsubscribe> for ThreadActor {
     type Result = UnsubscribeStatus;
 
-    fn handle(&mut self, Unsubscribe(conn): Unsubscribe, ctx: &mut Context<Self>) -> UnsubscribeStatus {
+    fn handle(
+        &mut self,
+        Unsubscribe(conn): Unsubscribe,
+        ctx: &mut Context<Self>,
+    ) -> UnsubscribeStatus {
         let Some(addr) = self.subscribers.remove(&conn) else {
             return UnsubscribeStatus::NotSubscribed;
         };
@@ -896,8 +996,15 @@ impl Handler<Interrupt> for ThreadActor {
         if self.closing.is_some() {
             return Err(HostError::Closing(self.id().clone()));
         }
-        if self.active.as_ref().is_none_or(|a| a.turn.id != msg.turn_id) {
-            return Err(HostError::NoActiveTurn { thread_id: self.id().clone(), turn_id: msg.turn_id });
+        if self
+            .active
+            .as_ref()
+            .is_none_or(|a| a.turn.id != msg.turn_id)
+        {
+            return Err(HostError::NoActiveTurn {
+                thread_id: self.id().clone(),
+                turn_id: msg.turn_id,
+            });
         }
         self.complete_turn(TurnStatus::Interrupted, None, ctx);
         Ok(())
@@ -945,7 +1052,10 @@ impl Handler<SetGoal> for ThreadActor {
             Ok(g) => g,
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
-        let save = self.shared.store.save_goal(self.meta.clone(), Some(goal.clone()));
+        let save = self
+            .shared
+            .store
+            .save_goal(self.meta.clone(), Some(goal.clone()));
         let save = bounded(save, self.shared.config.store_timeout);
         Box::pin(save.into_actor(self).map(move |res, act, _ctx| {
             res?;
@@ -1003,7 +1113,9 @@ impl Handler<ClearGoal> for ThreadActor {
                 r.send(serde_json::json!({ "cleared": had }));
             }
             if had {
-                act.shared.broadcast(&Arc::new(Notification::GoalCleared { thread_id: act.id().clone() }));
+                act.shared.broadcast(&Arc::new(Notification::GoalCleared {
+                    thread_id: act.id().clone(),
+                }));
             }
             Ok(had)
         }))
@@ -1057,10 +1169,20 @@ pub(crate) struct AgentEvent {
 #[derive(Debug)]
 pub(crate) enum AgentEventKind {
     ItemStarted(ThreadItem),
-    Delta { item_id: String, delta: String },
+    Delta {
+        item_id: String,
+        delta: String,
+    },
     ItemCompleted(ThreadItem),
-    TokenUsage { last: TokenUsageBreakdown, model_context_window: Option<i64> },
-    Request { method: String, params: serde_json::Value, answer: oneshot::Sender<serde_json::Value> },
+    TokenUsage {
+        last: TokenUsageBreakdown,
+        model_context_window: Option<i64>,
+    },
+    Request {
+        method: String,
+        params: serde_json::Value,
+        answer: oneshot::Sender<serde_json::Value>,
+    },
 }
 
 impl Handler<AgentEvent> for ThreadActor {
@@ -1088,7 +1210,10 @@ impl Handler<TurnFinished> for ThreadActor {
 
     fn handle(&mut self, msg: TurnFinished, ctx: &mut Context<Self>) {
         let current = msg.generation == self.generation
-            && self.active.as_ref().is_some_and(|a| a.turn.id == msg.turn_id);
+            && self
+                .active
+                .as_ref()
+                .is_some_and(|a| a.turn.id == msg.turn_id);
         if !current {
             return;
         }

@@ -42,20 +42,40 @@ mod tests {
 
     #[test]
     fn approvals_come_before_user_input_in_the_active_flags() {
-        let s = StatusFacts { approvals: 1, user_inputs: 2, ..Default::default() }.derive();
+        let s = StatusFacts {
+            approvals: 1,
+            user_inputs: 2,
+            ..Default::default()
+        }
+        .derive();
         assert_eq!(
             s,
             ThreadStatus::Active {
-                active_flags: vec![ActiveFlag::WaitingOnApproval, ActiveFlag::WaitingOnUserInput]
+                active_flags: vec![
+                    ActiveFlag::WaitingOnApproval,
+                    ActiveFlag::WaitingOnUserInput
+                ]
             }
         );
     }
 
     #[test]
     fn a_running_turn_hides_a_system_error() {
-        let f = StatusFacts { running: true, system_error: true, ..Default::default() };
-        assert_eq!(f.derive(), ThreadStatus::Active { active_flags: vec![] });
-        let f = StatusFacts { system_error: true, ..Default::default() };
+        let f = StatusFacts {
+            running: true,
+            system_error: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            f.derive(),
+            ThreadStatus::Active {
+                active_flags: vec![]
+            }
+        );
+        let f = StatusFacts {
+            system_error: true,
+            ..Default::default()
+        };
         assert_eq!(f.derive(), ThreadStatus::SystemError);
         assert_eq!(StatusFacts::default().derive(), ThreadStatus::Idle);
     }
