@@ -463,9 +463,11 @@ fn list_query(p: &Params) -> Result<ListQuery, RpcError> {
     let ascending = match p.optional::<String>("sortDirection")?.as_deref() {
         None | Some("desc") => false,
         Some("asc") => true,
-        Some(other) => return Err(RpcError::invalid_params(format!(
+        Some(other) => {
+            return Err(RpcError::invalid_params(format!(
             "invalid params: field `sortDirection`: unknown direction `{other}`; use asc or desc"
-        ))),
+        )))
+        }
     };
     let cwd = p.optional::<CwdFilter>("cwd").map_err(|_| {
         RpcError::invalid_params(

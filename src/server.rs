@@ -123,22 +123,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
-        let part =
-            match unit {
-                "ms" => Some(Duration::from_millis(n)),
-                "s" => Some(Duration::from_secs(n)),
-                "m" => n.checked_mul(60).map(Duration::from_secs),
-                "h" => n.checked_mul(3600).map(Duration::from_secs),
-                "d" => n.checked_mul(86_400).map(Duration::from_secs),
-                "" => return Err(format!(
+        let part = match unit {
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => Some(Duration::from_secs(n)),
+            "m" => n.checked_mul(60).map(Duration::from_secs),
+            "h" => n.checked_mul(3600).map(Duration::from_secs),
+            "d" => n.checked_mul(86_400).map(Duration::from_secs),
+            "" => {
+                return Err(format!(
                     "invalid duration {text:?}: missing unit after {n}; write e.g. {n}s or {n}ms"
-                )),
-                other => {
-                    return Err(format!(
-                        "invalid duration {text:?}: unknown unit {other:?}; use ms, s, m, h or d"
-                    ))
-                }
-            };
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "invalid duration {text:?}: unknown unit {other:?}; use ms, s, m, h or d"
+                ))
+            }
+        };
         total = part
             .and_then(|p| total.checked_add(p))
             .ok_or_else(|| format!("invalid duration {text:?}: too large"))?;
