@@ -416,6 +416,20 @@ impl DbError {
     /// The user-facing error: what failed, in which file, and what to do about it.
     fn describe(self, path: &Path, doing: &str) -> StoreError {
         let path = path.display();
+        match self {
+            Self::BadCursor(cursor) => {
+                return StoreError::InvalidQuery(format!(
+                    "cursor: invalid thread/list cursor {cursor:?}; pass the nextCursor of a \
+                     previous page with the same sort, or no cursor to start over"
+                ))
+            }
+            Self::UnsupportedSort(key) => {
+                return StoreError::InvalidQuery(format!(
+                    "sortKey: thread/list cannot sort by {key} yet; sort by createdAt or updatedAt"
+                ))
+            }
+            _ => {}
+        }
         StoreError::Io(match self {
             Self::Sqlite(e) => match e.sqlite_error_code() {
                 Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => format!(
@@ -456,13 +470,9 @@ impl DbError {
                 "database file {path} is not a valid threadhost database (schema version \
                  {version}); move it away to start fresh"
             ),
-            Self::BadCursor(cursor) => format!(
-                "invalid thread/list cursor {cursor:?}; pass the nextCursor of a previous page \
-                 with the same sort, or no cursor to start over"
-            ),
-            Self::UnsupportedSort(key) => {
-                format!("thread/list cannot sort by {key} yet; sort by createdAt or updatedAt")
-            }
+            // Answered as invalid queries above; kept here so the match stays exhaustive.
+            Self::BadCursor(cursor) => format!("invalid thread/list cursor {cursor:?}"),
+            Self::UnsupportedSort(key) => format!("thread/list cannot sort by {key}"),
         })
     }
 }

@@ -547,7 +547,7 @@ async fn a_cursor_from_another_sort_is_refused_and_the_store_keeps_working() {
             .await
             .expect_err("a foreign cursor is refused");
         assert!(
-            err.to_string().starts_with("invalid thread/list cursor"),
+            matches!(&err, StoreError::InvalidQuery(m) if m.starts_with("cursor: invalid thread/list cursor")),
             "{err}"
         );
         assert!(err.to_string().contains("no cursor to start over"), "{err}");
@@ -785,4 +785,86 @@ fn open_outside_an_actix_system_returns_an_error() {
         !dir.path().join(DB_FILE).exists(),
         "nothing is created before the check"
     );
+}
+
+// ---- the runtime on the SQLite store ------------------------------------------------------------
+
+/// A host on the SQLite store in `dir`, every actor on the test's arbiter.
+fn sqlite_host(dir: &Path) -> threadhost_actors::ThreadHost {
+    let config = threadhost_actors::HostConfig {
+        arbiters: 0,
+        unload_delay: std::time::Duration::from_secs(60),
+        ..Default::default()
+    };
+    threadhost_actors::ThreadHost::start(
+        config,
+        std::sync::Arc::new(threadhost_actors::ScriptedAgentFactory::default()),
+        std::sync::Arc::new(open(dir)),
+    )
+}
+
+#[actix::test]
+async fn a_thread_resumed_cold_after_a_host_restart_shows_exactly_its_turns_and_usage() {
+    use threadhost_actors::testkit::Probe;
+    let dir = tmp();
+    let host = sqlite_host(dir.path());
+    let mut a = Probe::connect(&host);
+    let id = a.start_thread().await;
+    for text in ["first words here", "/approve ls -la", "/fail"] {
+        a.turn(&id, text).await;
+        if text.starts_with("/approve") {
+            let threadhost_actors::Outbound::Request(r) =
+                a.until("item/commandExecution/requestApproval").await
+            else {
+                panic!("expected the approval request");
+            };
+            a.handle
+                .answer(r.id, serde_json::json!({"decision": "accept"}))
+                .await;
+        }
+        a.until_turn_completed().await;
+    }
+    a.handle
+        .set_goal(
+            &id,
+            threadhost_actors::GoalUpdate {
+                objective: Some("persist me".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("goal set");
+    let before = a.handle.read(&id, true).await.expect("read");
+    assert_eq!(before.turns.len(), 3);
+    host.shutdown().await;
+
+    // A new host on the same file: the process restarted.
+    let host = sqlite_host(dir.path());
+    let mut b = Probe::connect(&host);
+    let after = b.handle.resume(&id, false).await.expect("cold resume");
+    assert_eq!(
+        after.turns, before.turns,
+        "same turns, items, statuses and errors"
+    );
+    assert_eq!(after.meta.preview, "first words here");
+    let msgs = b.drain_messages().await;
+    let usage = msgs.iter().find_map(|m| match m {
+        threadhost_actors::Outbound::Notification(n) => match n.as_ref() {
+            threadhost_actors::Notification::TokenUsageUpdated {
+                token_usage,
+                turn_id,
+                ..
+            } => Some((turn_id.clone(), *token_usage)),
+            _ => None,
+        },
+        _ => None,
+    });
+    let (turn_id, usage) = usage.expect("usage is sent after a cold resume");
+    assert_eq!(
+        turn_id, before.turns[1].id,
+        "the failed last turn reported no usage"
+    );
+    assert_eq!(usage.total.total_tokens, 6 + usage.last.total_tokens);
+    let goal = b.handle.get_goal(&id).await.expect("goal");
+    assert_eq!(goal.map(|g| g.objective), Some("persist me".to_owned()));
 }
