@@ -138,6 +138,11 @@ fn words(s: &str) -> i64 {
 /// real model stream would (so readers interleave with the stream).
 async fn say(ctx: &TurnContext, text: &str) {
     let id = format!("{}-msg", ctx.turn_id());
+    ctx.raw_response_item(serde_json::json!({
+        "type": "message",
+        "role": "assistant",
+        "content": [{ "type": "output_text", "text": text }],
+    }));
     ctx.item_started(ThreadItem::AgentMessage {
         id: id.clone(),
         text: String::new(),

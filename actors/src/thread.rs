@@ -684,6 +684,16 @@ impl ThreadActor {
                     token_usage: usage,
                 });
             }
+            AgentEventKind::RawItem(item) => {
+                // Sticky per-thread opt-in, set at thread/start only (spec section 4).
+                if self.meta.raw_events {
+                    self.to_subscribers(Notification::RawResponseItemCompleted {
+                        thread_id,
+                        turn_id,
+                        item,
+                    });
+                }
+            }
             AgentEventKind::Request {
                 method,
                 params,
@@ -1185,6 +1195,7 @@ pub(crate) enum AgentEventKind {
         last: TokenUsageBreakdown,
         model_context_window: Option<i64>,
     },
+    RawItem(serde_json::Value),
     Request {
         method: String,
         params: serde_json::Value,
