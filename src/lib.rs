@@ -1,12 +1,17 @@
-//! # threadhost
+//! threadhost: hosts long-lived AI-agent threads as supervised actix actors behind a Codex
+//! app-server compatible JSON-RPC server. The runtime (thread, registry and connection actors)
+//! lives in the `threadhost-actors` crate; this crate holds what touches the outside world:
+//! the disk, the wire and the command line.
 //!
-//! The host around the [`threadhost_actors`] runtime: the JSON-RPC wire of OpenAI Codex's
-//! app-server ([`wire`]), the per-connection dispatcher ([`rpc`]), the stdio and WebSocket
-//! transports ([`stdio`], [`ws`]) and the server's startup and shutdown ([`server`]).
-//! Only this crate knows JSON-RPC, sockets and disks.
+//! - [`store`]: the embedded SQLite [`threadhost_actors::ThreadStore`].
+//! - [`wire`]: the JSON-RPC envelope, error codes and outbound serialization.
+//! - [`rpc`]: the per-connection dispatcher, independent of the transport.
+//! - [`stdio`], [`ws`]: the transports.
+//! - [`server`]: configuration, startup, signals and shutdown of `threadhost serve`.
 
 pub mod rpc;
 pub mod server;
 pub mod stdio;
+pub mod store;
 pub mod wire;
 pub mod ws;

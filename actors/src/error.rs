@@ -85,11 +85,18 @@ pub enum StoreError {
     /// The store is closed.
     #[error("store is closed")]
     Closed,
+    /// The query cannot be answered as asked (a cursor from another sort, an unsupported
+    /// sort): the caller's mistake, not the store's.
+    #[error("{0}")]
+    InvalidQuery(String),
 }
 
 impl From<StoreError> for HostError {
     fn from(e: StoreError) -> Self {
-        Self::Store(e.to_string())
+        match e {
+            StoreError::InvalidQuery(msg) => Self::InvalidParams(msg),
+            other => Self::Store(other.to_string()),
+        }
     }
 }
 

@@ -32,8 +32,9 @@ use crate::thread::{
 };
 
 /// Settings of a host. `Default` gives the production defaults of the spec.
+///
+/// Build it with struct update syntax: `HostConfig { unload_delay, ..HostConfig::default() }`.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct HostConfig {
     /// How long a thread must be unsubscribed and inactive before it unloads (spec section 5).
     /// Zero unloads as soon as both hold. Default 30 minutes, as in Codex.

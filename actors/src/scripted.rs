@@ -41,18 +41,15 @@ pub enum ShutdownBehavior {
     Refuse,
     /// Never completes (the "timed out" outcome).
     Hang,
+    /// Completes after this long (to test what happens while a teardown is in flight).
+    Slow(Duration),
 }
-
-const BEHAVIORS: [ShutdownBehavior; 3] = [
-    ShutdownBehavior::Complete,
-    ShutdownBehavior::Refuse,
-    ShutdownBehavior::Hang,
-];
 
 /// Makes scripted agents.
 #[derive(Debug, Default)]
 pub struct ScriptedAgentFactory {
-    shutdown: std::sync::atomic::AtomicU8,
+    /// How agents created from now on shut down.
+    shutdown: std::sync::Mutex<ShutdownBehavior>,
 }
 
 impl ScriptedAgentFactory {
@@ -66,11 +63,10 @@ impl ScriptedAgentFactory {
 
     /// Sets how agents created from now on shut down.
     pub fn set_shutdown(&self, b: ShutdownBehavior) {
-        let i = BEHAVIORS.iter().position(|x| *x == b).unwrap_or(0);
-        self.shutdown.store(
-            u8::try_from(i).unwrap_or(0),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        *self
+            .shutdown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = b;
     }
 }
 
@@ -88,10 +84,11 @@ impl AgentFactory for ScriptedAgentFactory {
         if model != SCRIPTED_MODEL {
             return Err(AgentError::Refused(format!("unknown model {model:?}")));
         }
-        let i = usize::from(self.shutdown.load(std::sync::atomic::Ordering::Relaxed));
-        Ok(Box::new(ScriptedAgent::new(
-            BEHAVIORS.get(i).copied().unwrap_or_default(),
-        )))
+        let b = *self
+            .shutdown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(Box::new(ScriptedAgent::new(b)))
     }
 }
 
@@ -137,9 +134,15 @@ fn words(s: &str) -> i64 {
     i64::try_from(s.split_whitespace().count()).unwrap_or(i64::MAX)
 }
 
-/// Streams `text` as one agent-message item, a delta per word.
-fn say(ctx: &TurnContext, text: &str) {
+/// Streams `text` as one agent-message item, a delta per word, yielding between deltas as a
+/// real model stream would (so readers interleave with the stream).
+async fn say(ctx: &TurnContext, text: &str) {
     let id = format!("{}-msg", ctx.turn_id());
+    ctx.raw_response_item(serde_json::json!({
+        "type": "message",
+        "role": "assistant",
+        "content": [{ "type": "output_text", "text": text }],
+    }));
     ctx.item_started(ThreadItem::AgentMessage {
         id: id.clone(),
         text: String::new(),
@@ -149,6 +152,7 @@ fn say(ctx: &TurnContext, text: &str) {
         let delta = if first { w.to_owned() } else { format!(" {w}") };
         first = false;
         ctx.agent_message_delta(&id, &delta);
+        tokio::task::yield_now().await;
     }
     ctx.item_completed(ThreadItem::AgentMessage {
         id,
@@ -219,20 +223,24 @@ impl Agent for ScriptedAgent {
         Box::pin(async move {
             match cmd.as_str() {
                 "" => {
-                    say(&ctx, &text);
+                    say(&ctx, &text).await;
                     usage(&ctx, &text, &text);
                 }
                 "sleep" => {
                     let d = parse_ms(&arg)?;
                     tokio::time::sleep(d).await;
                     let msg = format!("slept {} ms", d.as_millis());
-                    say(&ctx, &msg);
+                    say(&ctx, &msg).await;
                     usage(&ctx, &text, &msg);
                 }
                 "background" => {
                     let d = parse_ms(&arg)?;
                     background.set(Some(Instant::now() + d));
-                    say(&ctx, &format!("background work runs for {} ms", d.as_millis()));
+                    say(
+                        &ctx,
+                        &format!("background work runs for {} ms", d.as_millis()),
+                    )
+                    .await;
                 }
                 "approve" => {
                     let item_id = format!("{}-cmd", ctx.turn_id());
@@ -257,16 +265,25 @@ impl Agent for ScriptedAgent {
                         "reason": "the scripted agent asks before it runs a command",
                         "commandActions": [],
                     });
-                    let answer = ctx.request(APPROVAL_METHOD, params).await.map_err(|e| TurnError::new(e.to_string()))?;
+                    let answer = ctx
+                        .request(APPROVAL_METHOD, params)
+                        .await
+                        .map_err(|e| TurnError::new(e.to_string()))?;
                     let msg = if accepted(&answer) {
-                        let out = format!("(scripted) {arg}: approved; threadhost runs no real commands\n");
-                        ctx.item_completed(item(CommandExecutionStatus::Completed, Some(out), Some(0)));
+                        let out = format!(
+                            "(scripted) {arg}: approved; threadhost runs no real commands\n"
+                        );
+                        ctx.item_completed(item(
+                            CommandExecutionStatus::Completed,
+                            Some(out),
+                            Some(0),
+                        ));
                         format!("approved: {arg}")
                     } else {
                         ctx.item_completed(item(CommandExecutionStatus::Declined, None, None));
                         format!("declined: {arg}")
                     };
-                    say(&ctx, &msg);
+                    say(&ctx, &msg).await;
                     usage(&ctx, &text, &msg);
                 }
                 "ask" => {
@@ -284,17 +301,31 @@ impl Agent for ScriptedAgent {
                             "options": null,
                         }],
                     });
-                    let answer = ctx.request(USER_INPUT_METHOD, params).await.map_err(|e| TurnError::new(e.to_string()))?;
+                    let answer = ctx
+                        .request(USER_INPUT_METHOD, params)
+                        .await
+                        .map_err(|e| TurnError::new(e.to_string()))?;
                     let msg = answer_text(&answer);
-                    let msg = if msg.is_empty() { "(no answer)".to_owned() } else { msg };
-                    say(&ctx, &msg);
+                    let msg = if msg.is_empty() {
+                        "(no answer)".to_owned()
+                    } else {
+                        msg
+                    };
+                    say(&ctx, &msg).await;
                     usage(&ctx, &text, &msg);
                 }
-                "fail" => return Err(TurnError::new("scripted model error: the model failed this turn (/fail)")),
+                "fail" => {
+                    return Err(TurnError::new(
+                        "scripted model error: the model failed this turn (/fail)",
+                    ))
+                }
                 "panic" => panic!("scripted agent: /panic"),
-                "hang-shutdown" => say(&ctx, "shutdown of this thread will now hang"),
-                "refuse-shutdown" => say(&ctx, "shutdown of this thread will now be refused"),
-                other => say(&ctx, &format!("unknown command /{other}; try /sleep, /approve, /ask, /fail, /panic, /hang-shutdown")),
+                "hang-shutdown" => say(&ctx, "shutdown of this thread will now hang").await,
+                "refuse-shutdown" => say(&ctx, "shutdown of this thread will now be refused").await,
+                other => {
+                    let msg = format!("unknown command /{other}; try /sleep, /approve, /ask, /fail, /panic, /hang-shutdown");
+                    say(&ctx, &msg).await;
+                }
             }
             Ok(())
         })
@@ -313,6 +344,7 @@ impl Agent for ScriptedAgent {
                 "scripted agent refuses to shut down".into(),
             )),
             ShutdownBehavior::Hang => Ok(Box::pin(std::future::pending())),
+            ShutdownBehavior::Slow(d) => Ok(Box::pin(tokio::time::sleep(d))),
         }
     }
 }

@@ -89,6 +89,43 @@ impl Probe {
         Self { handle, outbox }
     }
 
+    /// Starts a thread with this connection subscribed and consumes its `thread/started`.
+    pub async fn start_thread(&mut self) -> crate::ThreadId {
+        let snapshot = self
+            .handle
+            .start_thread(crate::StartThread::default())
+            .await
+            .expect("thread/start");
+        let got = self.next_method().await;
+        assert_eq!(
+            got, "thread/started",
+            "thread/start is followed by thread/started"
+        );
+        snapshot.meta.id
+    }
+
+    /// Starts a turn with one text input.
+    pub async fn turn(&self, thread: &crate::ThreadId, text: &str) -> crate::Turn {
+        self.handle
+            .start_turn(thread, vec![crate::UserInput::text(text)])
+            .await
+            .expect("turn/start")
+    }
+
+    /// Whether the next messages, up to and including `turn/completed`, were received; returns
+    /// the methods seen on the way.
+    pub async fn until_turn_completed(&mut self) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let m = self.next_method().await;
+            let done = m == "turn/completed";
+            seen.push(m);
+            if done {
+                return seen;
+            }
+        }
+    }
+
     /// The next message; panics with a clear message if none comes within [`RECV_BOUND`].
     pub async fn recv(&mut self) -> Outbound {
         match tokio::time::timeout(RECV_BOUND, self.outbox.recv()).await {

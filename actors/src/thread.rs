@@ -386,7 +386,7 @@ impl ThreadActor {
             ctx.cancel_future(h);
         }
         // 1. Pending requests are dropped without `serverRequest/resolved`.
-        self.pending.clear();
+        self.take_pending();
         // 2. Subscribers stop receiving (nothing is emitted while closing); they are detached
         //    for good when the shutdown completes, and kept if the thread stays loaded.
         // 3. Shut the agent down, bounded.
@@ -560,7 +560,7 @@ impl ThreadActor {
         turn.duration_ms = turn.started_at.map(|s| (unix_seconds() - s) * 1000);
         turn.error = error.cloned();
         let thread_id = self.id().clone();
-        for (request_id, _) in std::mem::take(&mut self.pending) {
+        for request_id in self.take_pending() {
             self.to_subscribers(Notification::ServerRequestResolved {
                 thread_id: thread_id.clone(),
                 request_id,
@@ -684,6 +684,16 @@ impl ThreadActor {
                     token_usage: usage,
                 });
             }
+            AgentEventKind::RawItem(item) => {
+                // Sticky per-thread opt-in, set at thread/start only (spec section 4).
+                if self.meta.raw_events {
+                    self.to_subscribers(Notification::RawResponseItemCompleted {
+                        thread_id,
+                        turn_id,
+                        item,
+                    });
+                }
+            }
             AgentEventKind::Request {
                 method,
                 params,
@@ -773,8 +783,7 @@ impl ThreadActor {
         } else {
             self.system_error = true;
         }
-        self.shared.metrics.pending_requests.sub(self.pending.len());
-        self.pending.clear();
+        self.take_pending();
         self.agent = crate::host::make_agent(&self.shared, &self.meta);
         if within_bound {
             self.refresh(ctx);
@@ -782,6 +791,14 @@ impl ThreadActor {
             tracing::warn!(thread = %id, "restart bound exceeded; unloading the thread");
             self.claim_unload(true, ctx);
         }
+    }
+
+    /// Removes every pending request (their agents see the request cancelled) and returns
+    /// their ids in order.
+    fn take_pending(&mut self) -> Vec<RequestId> {
+        let ids: Vec<RequestId> = std::mem::take(&mut self.pending).into_keys().collect();
+        self.shared.metrics.pending_requests.sub(ids.len());
+        ids
     }
 
     fn new_waiter(&mut self) -> oneshot::Receiver<Result<(), HostError>> {
@@ -1178,6 +1195,7 @@ pub(crate) enum AgentEventKind {
         last: TokenUsageBreakdown,
         model_context_window: Option<i64>,
     },
+    RawItem(serde_json::Value),
     Request {
         method: String,
         params: serde_json::Value,
