@@ -257,12 +257,15 @@ pub fn metrics_text(host: &ThreadHost) -> String {
     out
 }
 
-/// Opens the store in `data_dir`.
+/// Opens the SQLite store in `data_dir`.
 fn open_store(data_dir: &Path) -> Result<Arc<dyn ThreadStore>, ServeError> {
-    // TODO(store): open `crate::store::SqliteStore` in `data_dir` once it is merged; until then
-    // threads survive unloads but not restarts.
-    let _ = data_dir;
-    Ok(Arc::new(threadhost_actors::MemoryStore::new()))
+    match crate::store::SqliteStore::open(data_dir) {
+        Ok(store) => Ok(Arc::new(store)),
+        Err(e) => Err(ServeError::Store {
+            path: data_dir.to_owned(),
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// Waits for SIGINT or SIGTERM. Installed before serving, so a signal that comes early is not
@@ -314,9 +317,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let store = open_store(&data_dir)?;
     let mut signals = Signals::install().map_err(ServeError::Signals)?;
 
-    let mut host_config = HostConfig::default();
-    host_config.unload_delay = config.unload_delay;
-    host_config.shutdown_timeout = config.shutdown_timeout;
+    let host_config = HostConfig {
+        unload_delay: config.unload_delay,
+        shutdown_timeout: config.shutdown_timeout,
+        ..HostConfig::default()
+    };
     let agents = Arc::new(ScriptedAgentFactory::new(ShutdownBehavior::Complete));
     let host = ThreadHost::start(host_config, agents, store);
     let info = Arc::new(ServerInfo::new(&data_dir));

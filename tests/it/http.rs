@@ -1,7 +1,7 @@
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Error;
 
-use crate::support::Server;
+use crate::support::{Server, TempDir};
 
 #[tokio::test]
 async fn healthz_is_ok_and_metrics_report_the_runtime_in_prometheus_text() {
@@ -75,4 +75,16 @@ async fn a_plain_http_get_on_the_websocket_path_is_refused() {
     let server = Server::ws(&[]).await;
     let (status, _) = server.get("/").await;
     assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn the_token_can_come_from_threadhost_token() {
+    let data = std::sync::Arc::new(TempDir::new("env-token"));
+    let server = Server::ws_with(&[], data, &[("THREADHOST_TOKEN", "from-env")]).await;
+    assert!(matches!(server.connect_with(None).await, Err(Error::Http(r)) if r.status() == 401));
+    let mut c = server
+        .connect_with(Some("from-env"))
+        .await
+        .expect("the env token is accepted");
+    c.initialize().await;
 }

@@ -164,3 +164,48 @@ async fn a_thread_waiting_on_approval_never_unloads_even_without_subscribers() {
         "{done}"
     );
 }
+
+#[tokio::test]
+async fn after_kill_9_a_restarted_server_lists_and_resumes_the_thread_from_the_data_dir() {
+    let server = Server::ws(&[]).await;
+    let mut c = server.client().await;
+    let id = c.start_thread().await;
+    c.turn(&id, "remember me").await;
+    c.call(
+        "thread/goal/set",
+        json!({"threadId": id, "objective": "survive a crash"}),
+    )
+    .await;
+    let data_dir = server.kill().await;
+
+    let server = Server::ws_in(&[], data_dir).await;
+    let mut c = server.client().await;
+    let listed = c.call("thread/list", json!({})).await;
+    assert_eq!(listed["data"][0]["id"], id, "{listed}");
+    assert_eq!(listed["data"][0]["status"], json!({"type": "notLoaded"}));
+    assert_eq!(listed["data"][0]["preview"], "remember me");
+
+    let r = c.call("thread/resume", json!({"threadId": id})).await;
+    assert_eq!(r["thread"]["status"], json!({"type": "idle"}));
+    let items = r["thread"]["turns"][0]["items"]
+        .as_array()
+        .expect("the stored turn");
+    assert!(
+        items
+            .iter()
+            .any(|i| i["type"] == "agentMessage" && i["text"] == "remember me"),
+        "{r}"
+    );
+    let after = c.barrier().await;
+    assert_eq!(
+        methods(&after),
+        [
+            "thread/status/changed",
+            "thread/tokenUsage/updated",
+            "thread/goal/updated"
+        ],
+        "{after:?}"
+    );
+    assert_eq!(after[2]["params"]["goal"]["objective"], "survive a crash");
+    c.turn(&id, "and carry on").await;
+}

@@ -257,11 +257,20 @@ impl Server {
 
     /// Like [`Server::ws`] on an existing data directory (for restarts).
     pub(crate) async fn ws_in(args: &[&str], data_dir: Arc<TempDir>) -> Self {
+        Self::ws_with(args, data_dir, &[]).await
+    }
+
+    /// Like [`Server::ws_in`] with extra environment variables.
+    pub(crate) async fn ws_with(
+        args: &[&str],
+        data_dir: Arc<TempDir>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut full = vec!["--listen", "127.0.0.1:0", "--shutdown-timeout", "2s"];
         full.extend_from_slice(args);
-        let mut child = command(&full, data_dir.path())
-            .spawn()
-            .expect("the threadhost binary starts");
+        let mut cmd = command(&full, data_dir.path());
+        cmd.envs(env.iter().copied());
+        let mut child = cmd.spawn().expect("the threadhost binary starts");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let rx = drain_stderr(&mut child, Arc::clone(&stderr));
         let addr = match tokio::time::timeout(BOUND, rx).await {
