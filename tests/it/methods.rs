@@ -118,7 +118,7 @@ async fn thread_read_includes_turns_only_when_asked() {
 async fn thread_loaded_list_pages_by_cursor_and_limit() {
     let server = Server::ws(&[]).await;
     let mut c = server.client().await;
-    let mut ids = vec![
+    let mut ids = [
         c.start_thread().await,
         c.start_thread().await,
         c.start_thread().await,

@@ -273,12 +273,11 @@ impl Server {
         let mut child = cmd.spawn().expect("the threadhost binary starts");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let rx = drain_stderr(&mut child, Arc::clone(&stderr));
-        let addr = match tokio::time::timeout(BOUND, rx).await {
-            Ok(Ok(addr)) => addr,
-            _ => panic!(
+        let Ok(Ok(addr)) = tokio::time::timeout(BOUND, rx).await else {
+            panic!(
                 "the server did not print its address; stderr: {:?}",
                 stderr.lock().expect("not poisoned")
-            ),
+            )
         };
         Self {
             child,
@@ -297,7 +296,8 @@ impl Server {
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("the threadhost binary starts");
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let _ = drain_stderr(&mut child, Arc::clone(&stderr));
+        // Nobody waits for the address of a stdio server.
+        drop(drain_stderr(&mut child, Arc::clone(&stderr)));
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
         let client = Client::new(
