@@ -4,7 +4,7 @@
 //! Each connection has a reader task (feeds [`Session::receive`]) and a writer task (drains
 //! [`Outgoing`]), both on the worker's arbiter. With a token configured, the upgrade needs
 //! `Authorization: Bearer TOKEN`, else HTTP 401. A text frame over
-//! [`MAX_MESSAGE_BYTES`](crate::wire::MAX_MESSAGE_BYTES) is answered with `message too large`
+//! [`crate::wire::MAX_MESSAGE_BYTES`] is answered with `message too large`
 //! and the connection keeps working; a frame over [`FRAME_LIMIT`] cannot be skipped without
 //! reading it, so the connection is closed with code 1009 (message too big).
 
