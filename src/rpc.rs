@@ -288,9 +288,7 @@ impl Session {
 
 #[derive(Deserialize)]
 struct ClientInfo {
-    #[allow(dead_code)] // required by the protocol; only checked
     name: String,
-    #[allow(dead_code)]
     version: String,
 }
 
@@ -303,7 +301,8 @@ struct Capabilities {
 
 /// Reads `initialize` params: checks `clientInfo`, returns the opted-out methods.
 fn parse_initialize(p: &Params) -> Result<Vec<String>, RpcError> {
-    let _: ClientInfo = p.required("clientInfo")?;
+    let client: ClientInfo = p.required("clientInfo")?;
+    tracing::info!(client = %client.name, version = %client.version, "client initialized");
     let caps: Option<Capabilities> = p.optional("capabilities")?;
     Ok(caps
         .and_then(|c| c.opt_out_notification_methods)
