@@ -6,9 +6,12 @@
 //! - [`store`]: the embedded SQLite [`threadhost_actors::ThreadStore`].
 //! - [`wire`]: the JSON-RPC envelope, error codes and outbound serialization.
 //! - [`rpc`]: the per-connection dispatcher, independent of the transport.
+//! - [`bootstrap`]: the client-support methods Codex clients call around the lifecycle
+//!   (`model/list`, `config/read`, `thread/turns/list`, ...).
 //! - [`stdio`], [`ws`]: the transports.
 //! - [`server`]: configuration, startup, signals and shutdown of `threadhost serve`.
 
+pub mod bootstrap;
 pub mod rpc;
 pub mod server;
 pub mod stdio;

@@ -20,16 +20,14 @@
 //!   garbage only slows itself down.
 
 use std::cell::Cell;
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 use threadhost_actors::{
-    ClientRequestId, ConnectionHandle, GoalStatus, GoalUpdate, HostError, ListQuery, Outbound,
-    Outbox, RequestId, SortKey, StartThread, ThreadHost, ThreadId, ThreadSnapshot, ThreadStatus,
-    UserInput,
+    ClientRequestId, ConnectionHandle, GoalStatus, GoalUpdate, ListQuery, Outbound, Outbox,
+    RequestId, SortKey, StartThread, ThreadHost, ThreadId, UserInput,
 };
 use tokio::sync::mpsc;
 
@@ -42,6 +40,10 @@ pub struct ServerInfo {
     pub user_agent: String,
     /// `codexHome`: the server's data directory, absolute.
     pub codex_home: String,
+    /// How clients reach this server (`stdio` or `ws://ADDR/`), for `config/read`.
+    pub transport: String,
+    /// How WebSocket clients authenticate (`none` or `bearer token`), for `config/read`.
+    pub auth: String,
 }
 
 impl ServerInfo {
@@ -55,7 +57,18 @@ impl ServerInfo {
                 std::env::consts::ARCH
             ),
             codex_home: data_dir.display().to_string(),
+            transport: "stdio".to_owned(),
+            auth: "none".to_owned(),
         }
+    }
+
+    /// The same info, saying how clients reach the server and whether they need a token.
+    pub fn serving(mut self, transport: impl Into<String>, token_required: bool) -> Self {
+        self.transport = transport.into();
+        if token_required {
+            self.auth = "bearer token".to_owned();
+        }
+        self
     }
 
     fn initialize_response(&self) -> Value {
@@ -220,7 +233,8 @@ impl Session {
     }
 
     async fn request(&self, id: ClientRequestId, method: &str, params: Value) {
-        if !METHODS.contains(&method) {
+        let bootstrap = crate::bootstrap::METHODS.contains(&method);
+        if !METHODS.contains(&method) && !bootstrap {
             let e = RpcError::new(METHOD_NOT_FOUND, format!("method not found: {method}"));
             return self.reply_error(Some(&id), &e).await;
         }
@@ -232,15 +246,38 @@ impl Session {
                 .reply_error(Some(&id), &RpcError::not_initialized())
                 .await;
         }
+        if bootstrap {
+            return self.bootstrap(id, method, params).await;
+        }
         let call = match Params::new(params).and_then(|p| Call::parse(method, &p)) {
             Ok(call) => call,
             Err(e) => return self.reply_error(Some(&id), &e).await,
         };
         let conn = self.conn.clone();
-        let host = self.host.clone();
         let token = self.in_flight.clone();
         actix_rt::spawn(async move {
-            call.run(&host, &conn, id).await;
+            call.run(&conn, id).await;
+            drop(token);
+        });
+    }
+
+    /// The client-support methods of [`crate::bootstrap`]; their responses need no ordering
+    /// with thread events, so they are delivered when ready.
+    async fn bootstrap(&self, id: ClientRequestId, method: &str, params: Value) {
+        let params = match Params::new(params) {
+            Ok(p) => p,
+            Err(e) => return self.reply_error(Some(&id), &e).await,
+        };
+        let (conn, host, info) = (self.conn.clone(), self.host.clone(), Arc::clone(&self.info));
+        let (wire, token, method) = (self.wire.clone(), self.in_flight.clone(), method.to_owned());
+        actix_rt::spawn(async move {
+            match crate::bootstrap::call(&method, &params, &host, &conn, &info).await {
+                Ok(result) => conn.deliver(Outbound::Response {
+                    id,
+                    result: Ok(result),
+                }),
+                Err(e) => drop(wire.send(wire::error_response(Some(&id), &e)).await),
+            }
             drop(token);
         });
     }
@@ -326,7 +363,14 @@ enum Call {
         thread: ThreadId,
         include_turns: bool,
     },
-    List(ListQuery),
+    List {
+        query: ListQuery,
+        /// `excludedThreadIds`: left out of the page.
+        excluded: Vec<String>,
+        /// Filters no threadhost thread can match (a section, archived threads, another
+        /// source or provider, sub-agent threads): the answer is an empty page.
+        matches_nothing: bool,
+    },
     Close(ThreadId),
     StartTurn {
         thread: ThreadId,
@@ -376,7 +420,11 @@ impl Call {
                 thread: thread()?,
                 include_turns: flag("includeTurns")?,
             },
-            "thread/list" => Self::List(list_query(p)?),
+            "thread/list" => Self::List {
+                query: list_query(p)?,
+                excluded: p.optional("excludedThreadIds")?.unwrap_or_default(),
+                matches_nothing: list_matches_nothing(p)?,
+            },
             "thread/close" => Self::Close(thread()?),
             "turn/start" => {
                 let thread = thread()?;
@@ -416,7 +464,7 @@ impl Call {
 
     /// Runs the call. Every runtime call responds in-stream through `responding_to`; results
     /// are only dropped here.
-    async fn run(self, host: &ThreadHost, conn: &ConnectionHandle, id: ClientRequestId) {
+    async fn run(self, conn: &ConnectionHandle, id: ClientRequestId) {
         let r = conn.responding_to(id.clone());
         match self {
             Self::StartThread(p) => drop(r.start_thread(p).await),
@@ -432,10 +480,22 @@ impl Call {
                 thread,
                 include_turns,
             } => drop(r.read(&thread, include_turns).await),
-            Self::List(query) => {
-                // `list_threads` does not render its page in-stream (it has no loaded
-                // statuses), so this response is the dispatcher's own.
-                let result = list_threads(host, conn, query).await;
+            Self::List {
+                query,
+                excluded,
+                matches_nothing,
+            } => {
+                let result = match matches_nothing {
+                    true => Ok(json!({ "data": [], "nextCursor": null })),
+                    false => conn.list_threads(query).await.map(|(threads, next)| {
+                        let data: Vec<Value> = threads
+                            .iter()
+                            .filter(|t| !excluded.iter().any(|x| x == t.meta.id.as_str()))
+                            .map(threadhost_actors::ThreadSnapshot::to_json)
+                            .collect();
+                        json!({ "data": data, "nextCursor": next })
+                    }),
+                };
                 conn.deliver(Outbound::Response { id, result });
             }
             Self::Close(thread) => drop(r.close_thread(&thread).await),
@@ -448,11 +508,29 @@ impl Call {
     }
 }
 
+/// Whether `thread/list`'s filters exclude every thread threadhost has: threadhost keeps no
+/// sections, archives nothing, runs no sub-agents, and every thread has source `appServer`
+/// and provider `threadhost`.
+fn list_matches_nothing(p: &Params) -> Result<bool, RpcError> {
+    let listed_without = |field: &str, ours: &str| -> Result<bool, RpcError> {
+        Ok(p.optional::<Vec<String>>(field)?
+            .is_some_and(|v| !v.is_empty() && !v.iter().any(|x| x == ours)))
+    };
+    Ok(p.optional::<String>("sectionId")?.is_some()
+        || p.optional::<bool>("archived")?.unwrap_or(false)
+        || p.optional::<String>("parentThreadId")?.is_some()
+        || p.optional::<String>("ancestorThreadId")?.is_some()
+        || p.optional::<String>("attachedToThreadId")?.is_some()
+        || listed_without("sourceKinds", "appServer")?
+        || listed_without("modelProviders", "threadhost")?)
+}
+
 fn list_query(p: &Params) -> Result<ListQuery, RpcError> {
     let sort_key = match p.optional::<String>("sortKey")?.as_deref() {
         None | Some("created_at") => SortKey::CreatedAt,
         // Recency is last activity, which is what `updated_at` records here.
-        Some("updated_at" | "recency_at") => SortKey::UpdatedAt,
+        // Without sections, a section's order is recency too.
+        Some("updated_at" | "recency_at" | "section_position") => SortKey::UpdatedAt,
         Some(other) => {
             return Err(RpcError::invalid_params(format!(
                 "invalid params: field `sortKey`: unsupported sort key `{other}`; use created_at or updated_at"
@@ -486,29 +564,4 @@ fn list_query(p: &Params) -> Result<ListQuery, RpcError> {
             CwdFilter::Many(many) => many,
         }),
     })
-}
-
-/// `thread/list`: the stored page as `{data: [Thread], nextCursor}`; a loaded thread shows its
-/// live status and metadata, the others `notLoaded`.
-async fn list_threads(
-    host: &ThreadHost,
-    conn: &ConnectionHandle,
-    query: ListQuery,
-) -> Result<Value, HostError> {
-    let page = conn.list_threads(query).await?;
-    let loaded: HashSet<ThreadId> = host.loaded_threads().into_iter().collect();
-    let mut data = Vec::with_capacity(page.data.len());
-    for meta in page.data {
-        let live = match loaded.contains(&meta.id) {
-            true => conn.read(&meta.id, false).await.ok(),
-            false => None,
-        };
-        let snapshot = live.unwrap_or(ThreadSnapshot {
-            meta,
-            status: ThreadStatus::NotLoaded,
-            turns: Vec::new(),
-        });
-        data.push(snapshot.to_json());
-    }
-    Ok(json!({ "data": data, "nextCursor": page.next_cursor }))
 }

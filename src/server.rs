@@ -324,7 +324,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     };
     let agents = Arc::new(ScriptedAgentFactory::new(ShutdownBehavior::Complete));
     let host = ThreadHost::start(host_config, agents, store);
-    let info = Arc::new(ServerInfo::new(&data_dir));
+    let transport = match config.transport {
+        Transport::Stdio => "stdio".to_owned(),
+        Transport::WebSocket(addr) => format!("ws://{addr}/"),
+    };
+    let info = Arc::new(ServerInfo::new(&data_dir).serving(transport, config.token.is_some()));
     tracing::info!(data_dir = %data_dir.display(), "threadhost {} starting", env!("CARGO_PKG_VERSION"));
 
     match config.transport {

@@ -70,7 +70,13 @@ impl HostError {
     pub fn is_client_error(&self) -> bool {
         !matches!(
             self,
-            Self::Store(_) | Self::Agent(_) | Self::ThreadRestarted(_) | Self::ThreadUnavailable(_)
+            Self::Store(_)
+                | Self::Agent(_)
+                | Self::ThreadRestarted(_)
+                | Self::ThreadUnavailable(_)
+                | Self::Timeout(..)
+                | Self::ShuttingDown
+                | Self::ConnectionClosed
         )
     }
 }

@@ -20,3 +20,5 @@ mod methods;
 mod routing;
 /// SIGTERM and the end of stdin.
 mod shutdown;
+/// Replays of the real Codex TUI's sessions, and the client-support methods it calls.
+mod tui;

@@ -185,8 +185,28 @@ async fn thread_list_shows_stored_threads_with_their_status_sorted_filtered_and_
     assert_eq!(found["data"].as_array().map(Vec::len), Some(1));
     assert_eq!(found["data"][0]["id"], b);
 
+    // Filters no threadhost thread can match answer an empty page, as the Codex TUI expects.
+    for filter in [
+        json!({"sortKey": "section_position", "sectionId": "01984de2-8f74-7c91-a3b2-5c5e937cf318"}),
+        json!({"archived": true}),
+        json!({"sourceKinds": ["exec"]}),
+        json!({"modelProviders": ["openai"]}),
+        json!({"parentThreadId": a}),
+    ] {
+        let r = c.call("thread/list", filter.clone()).await;
+        assert_eq!(r, json!({"data": [], "nextCursor": null}), "{filter}");
+    }
+    let ours = c
+        .call(
+            "thread/list",
+            json!({"sourceKinds": ["exec", "appServer"], "modelProviders": [], "archived": false, "excludedThreadIds": [a]}),
+        )
+        .await;
+    assert_eq!(ours["data"].as_array().map(Vec::len), Some(1), "{ours}");
+    assert_eq!(ours["data"][0]["id"], b);
+
     let (code, msg) = c
-        .call_err("thread/list", json!({"sortKey": "section_position"}))
+        .call_err("thread/list", json!({"sortKey": "position"}))
         .await;
     assert_eq!(code, -32602);
     assert!(msg.contains("sortKey"), "{msg}");

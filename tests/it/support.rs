@@ -52,6 +52,24 @@ fn compile(schema: &Value) -> jsonschema::Validator {
     jsonschema::draft7::new(schema).unwrap_or_else(|e| panic!("schema does not compile: {e}"))
 }
 
+/// The v2 bundle's definition of the response of `method`, for the client-support methods that
+/// have no file of their own.
+fn bundle_response(method: &str) -> Option<&'static str> {
+    Some(match method {
+        "account/read" => "GetAccountResponse",
+        "model/list" => "ModelListResponse",
+        "config/read" => "ConfigReadResponse",
+        "configRequirements/read" => "ConfigRequirementsReadResponse",
+        "thread/turns/list" => "ThreadTurnsListResponse",
+        "hooks/list" => "HooksListResponse",
+        "skills/list" => "SkillsListResponse",
+        "plugin/installed" => "PluginInstalledResponse",
+        // `collaborationMode/list`, `thread/backgroundTerminals/list` and
+        // `account/bedrock/checkGovCloudRequirements` are experimental: not in the schema.
+        _ => return None,
+    })
+}
+
 /// The file of the response schema of `method`, where Codex publishes one.
 fn response_schema(method: &str) -> Option<&'static str> {
     Some(match method {
@@ -113,14 +131,26 @@ impl Schemas {
     }
 
     fn response(&self, method: &str) -> Option<Arc<jsonschema::Validator>> {
-        let file = response_schema(method)?;
+        let schema = match (response_schema(method), bundle_response(method)) {
+            (Some(file), _) => Either::File(file),
+            (None, Some(def)) => Either::Bundle(def),
+            (None, None) => return None,
+        };
         let key = format!("response:{method}");
         let mut compiled = self.compiled.lock().expect("not poisoned");
-        Some(Arc::clone(
-            compiled
-                .entry(key)
-                .or_insert_with(|| Arc::new(compile(&load(file)))),
-        ))
+        Some(Arc::clone(compiled.entry(key).or_insert_with(|| {
+            Arc::new(compile(&match schema {
+                Either::File(file) => load(file),
+                Either::Bundle(def) => {
+                    let bundle = load("codex_app_server_protocol.v2.schemas.json");
+                    json!({
+                        "$schema": "http://json-schema.org/draft-07/schema#",
+                        "$ref": format!("#/definitions/{def}"),
+                        "definitions": bundle["definitions"],
+                    })
+                }
+            }))
+        })))
     }
 
     /// Checks one message the server sent. `response_to` is the method of the request a
@@ -162,6 +192,12 @@ impl Schemas {
             },
         }
     }
+}
+
+/// Where a response schema comes from.
+enum Either {
+    File(&'static str),
+    Bundle(&'static str),
 }
 
 // ---- temporary directories -------------------------------------------------------------------
