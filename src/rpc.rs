@@ -406,6 +406,7 @@ impl Call {
                 model: p.optional("model")?,
                 cwd: p.optional("cwd")?,
                 raw_events: flag("experimentalRawEvents")?,
+                ephemeral: flag("ephemeral")?,
             }),
             "thread/resume" => Self::Resume {
                 thread: thread()?,

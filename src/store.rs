@@ -630,6 +630,7 @@ fn load(conn: &mut Connection, id: &ThreadId) -> Result<Option<StoredThread>, Db
                 model: r.get(3)?,
                 cwd: r.get(4)?,
                 raw_events: r.get(5)?,
+                ephemeral: false,
             };
             Ok((meta, r.get::<_, Option<String>>(6)?))
         })
@@ -802,6 +803,7 @@ fn list(conn: &Connection, query: &ListQuery) -> Result<ThreadPage, DbError> {
             model: r.get(4)?,
             cwd: r.get(5)?,
             raw_events: r.get(6)?,
+            ephemeral: false,
         });
     }
     let next_cursor = match data.last() {

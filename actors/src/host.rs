@@ -243,6 +243,8 @@ pub struct StartThread {
     pub cwd: Option<String>,
     /// Forward raw events to subscribers (sticky; resume never turns it on).
     pub raw_events: bool,
+    /// Keep nothing of the thread in the store (Codex's `ephemeral`).
+    pub ephemeral: bool,
 }
 
 impl ThreadHost {
@@ -484,6 +486,7 @@ impl ConnectionHandle {
             .unwrap_or_else(|| self.shared.config.default_cwd.clone());
         let mut meta = ThreadMeta::new(ThreadId::new(), model, cwd);
         meta.raw_events = params.raw_events;
+        meta.ephemeral = params.ephemeral;
         let id = meta.id.clone();
         let (tx, rx) = oneshot::channel();
         let addr = self.shared.spawn_thread(ThreadInit {

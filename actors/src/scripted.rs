@@ -191,6 +191,8 @@ fn answer_text(answer: &serde_json::Value) -> String {
         .filter_map(|a| a.get("answers").and_then(|x| x.as_array()))
         .flatten()
         .filter_map(|s| s.as_str())
+        // The Codex TUI sends a free-text answer as `user_note: <text>`.
+        .map(|s| s.strip_prefix("user_note: ").unwrap_or(s))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -44,6 +44,7 @@ fn meta(id: &str, preview: &str, cwd: &str, created_at: i64, updated_at: i64) ->
         model: "scripted".to_owned(),
         cwd: cwd.to_owned(),
         raw_events: false,
+        ephemeral: false,
     }
 }
 
@@ -627,6 +628,7 @@ async fn a_version_1_database_opens_and_loads_what_it_holds() {
         t.meta,
         ThreadMeta {
             raw_events: true,
+            ephemeral: false,
             ..meta("t1", "old preview", "/old", 10, 20)
         }
     );
