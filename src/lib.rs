@@ -9,6 +9,7 @@
 //! - [`bootstrap`]: the client-support methods Codex clients call around the lifecycle
 //!   (`model/list`, `config/read`, `thread/turns/list`, ...).
 //! - [`stdio`], [`ws`]: the transports.
+//! - [`tour`]: `threadhost tour`, a narrated walk through the lifecycle.
 //! - [`server`]: configuration, startup, signals and shutdown of `threadhost serve`.
 
 pub mod bootstrap;
@@ -16,5 +17,6 @@ pub mod rpc;
 pub mod server;
 pub mod stdio;
 pub mod store;
+pub mod tour;
 pub mod wire;
 pub mod ws;

@@ -27,6 +27,17 @@ enum Command {
     /// stderr; the end of stdin shuts the server down. Logging is set with RUST_LOG
     /// (default: info).
     Serve(ServeArgs),
+    /// A narrated walk through the lifecycle: an embedded server in a temporary data
+    /// directory, two clients, a streamed turn, an approval, an unsubscribe, the unload
+    /// countdown, thread/closed and a cold resume from the store.
+    Tour(TourArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TourArgs {
+    /// The unload delay of the tour's server.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    unload_delay: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,7 +88,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Tour(t) => {
+            actix_rt::System::new().block_on(threadhost::tour::tour(t.unload_delay))?;
+            return Ok(());
+        }
+    };
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => default_data_dir()

@@ -65,3 +65,27 @@ fn stdio_and_listen_cannot_be_combined() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }
+
+#[tokio::test]
+async fn the_tour_walks_the_lifecycle_and_ends_with_a_cold_resume() {
+    let out = tokio::time::timeout(
+        crate::support::BOUND * 2,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_threadhost"))
+            .args(["tour", "--unload-delay", "300ms"])
+            .env("RUST_LOG", "warn")
+            .output(),
+    )
+    .await
+    .expect("the tour ends in time")
+    .expect("the tour runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for expected in [
+        "bob   ← thread/started",
+        "item/commandExecution/requestApproval",
+        "bob   ← thread/closed",
+        "(\"completed\"): [\"approved: cargo test\"]",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
