@@ -148,6 +148,12 @@ impl TurnContext {
         });
     }
 
+    /// A raw model response item. Forwarded (as `rawResponseItem/completed`) only if the
+    /// thread was started with raw events on; never stored.
+    pub fn raw_response_item(&self, item: serde_json::Value) {
+        self.emit(AgentEventKind::RawItem(item));
+    }
+
     /// Sends a server request to the thread's subscribers and waits for the first answer.
     /// `method` is the JSON-RPC method; `params` are sent (and replayed after a resume) as they
     /// are. Approvals must use `item/commandExecution/requestApproval` and user-input requests

@@ -70,7 +70,13 @@ impl HostError {
     pub fn is_client_error(&self) -> bool {
         !matches!(
             self,
-            Self::Store(_) | Self::Agent(_) | Self::ThreadRestarted(_) | Self::ThreadUnavailable(_)
+            Self::Store(_)
+                | Self::Agent(_)
+                | Self::ThreadRestarted(_)
+                | Self::ThreadUnavailable(_)
+                | Self::Timeout(..)
+                | Self::ShuttingDown
+                | Self::ConnectionClosed
         )
     }
 }
@@ -85,11 +91,18 @@ pub enum StoreError {
     /// The store is closed.
     #[error("store is closed")]
     Closed,
+    /// The query cannot be answered as asked (a cursor from another sort, an unsupported
+    /// sort): the caller's mistake, not the store's.
+    #[error("{0}")]
+    InvalidQuery(String),
 }
 
 impl From<StoreError> for HostError {
     fn from(e: StoreError) -> Self {
-        Self::Store(e.to_string())
+        match e {
+            StoreError::InvalidQuery(msg) => Self::InvalidParams(msg),
+            other => Self::Store(other.to_string()),
+        }
     }
 }
 

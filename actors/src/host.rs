@@ -25,7 +25,7 @@ use crate::model::{
 };
 use crate::outbound::{Notification, Outbound};
 use crate::registry::{LoadFailed, Register, Release, Reservation, Reserve, ThreadRegistry};
-use crate::store::{settle_turns, ListQuery, ThreadPage, ThreadStore};
+use crate::store::{settle_turns, ListQuery, ThreadStore};
 use crate::thread::{
     AnswerRequest, ClearGoal, Close, GetGoal, Interrupt, Read, ReplyTo, Resume, SetGoal, StartTurn,
     ThreadActor, ThreadInit, Unsubscribe, UnsubscribeStatus,
@@ -243,6 +243,8 @@ pub struct StartThread {
     pub cwd: Option<String>,
     /// Forward raw events to subscribers (sticky; resume never turns it on).
     pub raw_events: bool,
+    /// Keep nothing of the thread in the store (Codex's `ephemeral`).
+    pub ephemeral: bool,
 }
 
 impl ThreadHost {
@@ -482,6 +484,7 @@ impl ConnectionHandle {
             .unwrap_or_else(|| self.shared.config.default_cwd.clone());
         let mut meta = ThreadMeta::new(ThreadId::new(), model, cwd);
         meta.raw_events = params.raw_events;
+        meta.ephemeral = params.ephemeral;
         let id = meta.id.clone();
         let (tx, rx) = oneshot::channel();
         let addr = self.shared.spawn_thread(ThreadInit {
@@ -668,14 +671,52 @@ impl ConnectionHandle {
         )
     }
 
-    /// `thread/list`: stored threads with their stored metadata.
-    pub async fn list_threads(&self, query: ListQuery) -> Result<ThreadPage, HostError> {
+    /// `thread/list`: a page of stored threads; a loaded thread shows its live status and
+    /// metadata, the others `notLoaded`. Returns the threads (without turns) and the cursor of
+    /// the next page.
+    pub async fn list_threads(
+        &self,
+        query: ListQuery,
+    ) -> Result<(Vec<ThreadSnapshot>, Option<String>), HostError> {
+        let r = self.list_threads_inner(query).await;
+        self.respond(
+            r,
+            Some(&|(threads, next)| {
+                let data: Vec<serde_json::Value> =
+                    threads.iter().map(ThreadSnapshot::to_json).collect();
+                serde_json::json!({ "data": data, "nextCursor": next })
+            }),
+        )
+    }
+
+    async fn list_threads_inner(
+        &self,
+        query: ListQuery,
+    ) -> Result<(Vec<ThreadSnapshot>, Option<String>), HostError> {
         let bound = self.shared.config.store_timeout;
-        let r = match tokio::time::timeout(bound, self.shared.store.list(query)).await {
-            Ok(r) => r.map_err(HostError::from),
-            Err(_) => Err(HostError::Timeout(bound, "the store")),
+        let page = match tokio::time::timeout(bound, self.shared.store.list(query)).await {
+            Ok(r) => r.map_err(HostError::from)?,
+            Err(_) => return Err(HostError::Timeout(bound, "the store")),
         };
-        self.respond(r, None)
+        let mut threads = Vec::with_capacity(page.data.len());
+        for meta in page.data {
+            let live = match self.loaded(&meta.id) {
+                Some(addr) => addr
+                    .send(Read {
+                        include_turns: false,
+                    })
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                None => None,
+            };
+            threads.push(live.unwrap_or(ThreadSnapshot {
+                meta,
+                status: ThreadStatus::NotLoaded,
+                turns: Vec::new(),
+            }));
+        }
+        Ok((threads, page.next_cursor))
     }
 
     /// `turn/start` on a loaded thread. The response (if responding) comes before

@@ -362,6 +362,10 @@ pub struct ThreadMeta {
     pub cwd: String,
     /// Whether raw events were requested at start (sticky, spec section 4).
     pub raw_events: bool,
+    /// Not materialized in the store (Codex's `ephemeral`): nothing of the thread is saved, so
+    /// it cannot be resumed once unloaded and is never listed. Not persisted itself.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 impl ThreadMeta {
@@ -376,6 +380,7 @@ impl ThreadMeta {
             model,
             cwd,
             raw_events: false,
+            ephemeral: false,
         }
     }
 }
@@ -412,7 +417,7 @@ impl ThreadSnapshot {
             "sessionId": self.meta.id,
             "projectId": null,
             "preview": self.meta.preview,
-            "ephemeral": false,
+            "ephemeral": self.meta.ephemeral,
             "modelProvider": "threadhost",
             "model": self.meta.model,
             "createdAt": self.meta.created_at,

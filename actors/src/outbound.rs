@@ -128,6 +128,17 @@ pub enum Notification {
         /// Totals and last turn.
         token_usage: TokenUsage,
     },
+    /// A raw model response item (experimental in Codex); only for threads started with
+    /// raw events on.
+    #[serde(rename = "rawResponseItem/completed", rename_all = "camelCase")]
+    RawResponseItemCompleted {
+        /// Which thread.
+        thread_id: ThreadId,
+        /// Which turn.
+        turn_id: String,
+        /// The item as the model produced it.
+        item: serde_json::Value,
+    },
     /// A turn hit an error.
     #[serde(rename = "error", rename_all = "camelCase")]
     Error {
@@ -158,6 +169,7 @@ impl Notification {
             Self::GoalUpdated { .. } => "thread/goal/updated",
             Self::GoalCleared { .. } => "thread/goal/cleared",
             Self::TokenUsageUpdated { .. } => "thread/tokenUsage/updated",
+            Self::RawResponseItemCompleted { .. } => "rawResponseItem/completed",
             Self::Error { .. } => "error",
         }
     }

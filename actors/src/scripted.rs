@@ -138,6 +138,11 @@ fn words(s: &str) -> i64 {
 /// real model stream would (so readers interleave with the stream).
 async fn say(ctx: &TurnContext, text: &str) {
     let id = format!("{}-msg", ctx.turn_id());
+    ctx.raw_response_item(serde_json::json!({
+        "type": "message",
+        "role": "assistant",
+        "content": [{ "type": "output_text", "text": text }],
+    }));
     ctx.item_started(ThreadItem::AgentMessage {
         id: id.clone(),
         text: String::new(),
@@ -186,6 +191,8 @@ fn answer_text(answer: &serde_json::Value) -> String {
         .filter_map(|a| a.get("answers").and_then(|x| x.as_array()))
         .flatten()
         .filter_map(|s| s.as_str())
+        // The Codex TUI sends a free-text answer as `user_note: <text>`.
+        .map(|s| s.strip_prefix("user_note: ").unwrap_or(s))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -427,7 +427,7 @@ impl ThreadActor {
             }
             self.subscribers.clear();
             let status = self.facts().derive();
-            let save = self.shared.store.save_status(id.clone(), status);
+            let save = self.persist(|store| store.save_status(id.clone(), status));
             actix_rt::spawn(async move {
                 if let Err(e) = save.await {
                     tracing::warn!(error = %e, "could not record the status of an unloaded thread");
@@ -587,10 +587,7 @@ impl ThreadActor {
             Some(old) => *old = turn.clone(),
             None => self.history.push(turn.clone()),
         }
-        let save = self
-            .shared
-            .store
-            .save_turn(self.meta.clone(), turn.clone(), usage);
+        let save = self.persist(|store| store.save_turn(self.meta.clone(), turn.clone(), usage));
         let bound = self.shared.config.store_timeout;
         let save = async move {
             match tokio::time::timeout(bound, save).await {
@@ -690,6 +687,16 @@ impl ThreadActor {
                     token_usage: usage,
                 });
             }
+            AgentEventKind::RawItem(item) => {
+                // Sticky per-thread opt-in, set at thread/start only (spec section 4).
+                if self.meta.raw_events {
+                    self.to_subscribers(Notification::RawResponseItemCompleted {
+                        thread_id,
+                        turn_id,
+                        item,
+                    });
+                }
+            }
             AgentEventKind::Request {
                 method,
                 params,
@@ -783,6 +790,19 @@ impl ThreadActor {
         } else {
             tracing::warn!(thread = %id, "restart bound exceeded; unloading the thread");
             self.claim_unload(true, ctx);
+        }
+    }
+
+    /// Runs a store write, or nothing for an ephemeral thread (which keeps nothing in the
+    /// store, by the client's request).
+    fn persist(
+        &self,
+        write: impl FnOnce(&dyn crate::store::ThreadStore) -> crate::store::StoreFuture<()>,
+    ) -> crate::store::StoreFuture<()> {
+        if self.meta.ephemeral {
+            Box::pin(std::future::ready(Ok(())))
+        } else {
+            write(self.shared.store.as_ref())
         }
     }
 
@@ -1059,10 +1079,7 @@ impl Handler<SetGoal> for ThreadActor {
             Ok(g) => g,
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
-        let save = self
-            .shared
-            .store
-            .save_goal(self.meta.clone(), Some(goal.clone()));
+        let save = self.persist(|store| store.save_goal(self.meta.clone(), Some(goal.clone())));
         let save = bounded(save, self.shared.config.store_timeout);
         Box::pin(save.into_actor(self).map(move |res, act, _ctx| {
             res?;
@@ -1109,7 +1126,7 @@ impl Handler<ClearGoal> for ThreadActor {
             return Box::pin(fut::ready(Err(HostError::Closing(self.id().clone()))));
         }
         let had = self.goal.is_some();
-        let save = self.shared.store.save_goal(self.meta.clone(), None);
+        let save = self.persist(|store| store.save_goal(self.meta.clone(), None));
         let save = bounded(save, self.shared.config.store_timeout);
         Box::pin(save.into_actor(self).map(move |res, act, _ctx| {
             if had {
@@ -1185,6 +1202,7 @@ pub(crate) enum AgentEventKind {
         last: TokenUsageBreakdown,
         model_context_window: Option<i64>,
     },
+    RawItem(serde_json::Value),
     Request {
         method: String,
         params: serde_json::Value,

@@ -584,3 +584,49 @@ async fn an_admitted_resume_is_never_lost_to_a_concurrent_unload() {
         a.until_turn_completed().await;
     }
 }
+
+#[actix::test]
+async fn raw_events_are_a_sticky_opt_in_of_thread_start_that_resume_never_turns_on() {
+    tokio::time::pause();
+    let (host, _, _) = test_host(DELAY);
+    let mut a = Probe::connect(&host);
+    let raw = a
+        .handle
+        .start_thread(StartThread {
+            raw_events: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .meta
+        .id;
+    let plain = a
+        .handle
+        .start_thread(StartThread::default())
+        .await
+        .unwrap()
+        .meta
+        .id;
+    a.drain().await;
+    let mut b = Probe::connect(&host);
+    b.handle.resume(&raw, true).await.unwrap();
+    b.handle.resume(&plain, true).await.unwrap();
+    b.drain().await;
+    for (id, expected) in [(&raw, 1), (&plain, 0)] {
+        a.turn(id, "some words").await;
+        let seen = a.until_turn_completed().await;
+        let raw_items = seen
+            .iter()
+            .filter(|m| *m == "rawResponseItem/completed")
+            .count();
+        assert_eq!(raw_items, expected, "subscriber of {id}");
+        let seen = b.until_turn_completed().await;
+        let raw_items = seen
+            .iter()
+            .filter(|m| *m == "rawResponseItem/completed")
+            .count();
+        assert_eq!(raw_items, expected, "resumed subscriber of {id}");
+        a.drain().await;
+        b.drain().await;
+    }
+}

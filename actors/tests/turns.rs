@@ -681,3 +681,49 @@ async fn goals_of_an_unloaded_thread_are_read_and_written_in_the_store() {
     });
     assert_eq!(goal_snapshot, Some(g));
 }
+
+#[actix::test]
+async fn an_ephemeral_thread_keeps_nothing_in_the_store() {
+    tokio::time::pause();
+    let (host, store, _) = test_host(DELAY);
+    let mut a = Probe::connect(&host);
+    let s = a
+        .handle
+        .start_thread(StartThread {
+            ephemeral: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.to_json()["ephemeral"], true);
+    let id = s.meta.id;
+    a.turn(&id, "a title please").await;
+    a.until_turn_completed().await;
+    a.handle
+        .set_goal(
+            &id,
+            GoalUpdate {
+                objective: Some("x".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load(id.clone()).await.unwrap(),
+        None,
+        "nothing stored"
+    );
+    let (listed, _) = a
+        .handle
+        .list_threads(ListQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(listed.is_empty());
+    a.handle.close_thread(&id).await.unwrap();
+    let err = a.handle.resume(&id, false).await.unwrap_err();
+    assert_eq!(err, HostError::NoRollout(id));
+}
