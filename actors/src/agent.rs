@@ -124,20 +124,22 @@ impl TurnContext {
 
     /// An item began (`item/started`).
     pub fn item_started(&self, item: ThreadItem) {
-        self.emit(AgentEventKind::ItemStarted(item));
+        self.emit(AgentEventKind::ItemStarted(Box::new(item)));
     }
 
-    /// Streams text into an agent-message item (`item/agentMessage/delta`).
-    pub fn agent_message_delta(&self, item_id: &str, delta: &str) {
+    /// Streams text into an agent-message item (`item/agentMessage/delta`). Takes the delta by
+    /// value when the agent owns it (a model stream's chunk usually is a `String`), so it is
+    /// moved into the notification rather than copied; `&str` works too.
+    pub fn agent_message_delta(&self, item_id: &str, delta: impl Into<String>) {
         self.emit(AgentEventKind::Delta {
             item_id: item_id.to_owned(),
-            delta: delta.to_owned(),
+            delta: delta.into(),
         });
     }
 
     /// An item ended (`item/completed`); the final item is what is stored.
     pub fn item_completed(&self, item: ThreadItem) {
-        self.emit(AgentEventKind::ItemCompleted(item));
+        self.emit(AgentEventKind::ItemCompleted(Box::new(item)));
     }
 
     /// The turn used tokens (`thread/tokenUsage/updated`).

@@ -151,7 +151,7 @@ async fn say(ctx: &TurnContext, text: &str) {
     for w in text.split_whitespace() {
         let delta = if first { w.to_owned() } else { format!(" {w}") };
         first = false;
-        ctx.agent_message_delta(&id, &delta);
+        ctx.agent_message_delta(&id, delta);
         tokio::task::yield_now().await;
     }
     ctx.item_completed(ThreadItem::AgentMessage {

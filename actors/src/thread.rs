@@ -628,6 +628,7 @@ impl ThreadActor {
         };
         match ev.kind {
             AgentEventKind::ItemStarted(item) => {
+                let item = *item;
                 active.open.push(item.clone());
                 self.to_subscribers(Notification::ItemStarted {
                     thread_id,
@@ -650,6 +651,7 @@ impl ThreadActor {
                 });
             }
             AgentEventKind::ItemCompleted(item) => {
+                let item = *item;
                 active.open.retain(|i| i.id() != item.id());
                 active.turn.items.push(item.clone());
                 self.to_subscribers(Notification::ItemCompleted {
@@ -1189,15 +1191,17 @@ pub(crate) struct AgentEvent {
     pub(crate) kind: AgentEventKind,
 }
 
-/// What the agent reported.
+/// What the agent reported. Items are boxed: a delta is the common event, and every event is
+/// moved several times on its way into the actor, so the enum is kept to the size of a delta's
+/// two strings rather than that of the largest item.
 #[derive(Debug)]
 pub(crate) enum AgentEventKind {
-    ItemStarted(ThreadItem),
+    ItemStarted(Box<ThreadItem>),
     Delta {
         item_id: String,
         delta: String,
     },
-    ItemCompleted(ThreadItem),
+    ItemCompleted(Box<ThreadItem>),
     TokenUsage {
         last: TokenUsageBreakdown,
         model_context_window: Option<i64>,
