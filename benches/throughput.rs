@@ -407,6 +407,7 @@ fn measure<'a>(
     }
     let mut rig = rig();
     let mut rates: Vec<f64> = Vec::new();
+    let (mut cpu, mut delivered) = (Duration::ZERO, 0u64);
     let mut g = c.benchmark_group(group);
     g.sampling_mode(criterion::SamplingMode::Flat);
     g.throughput(Throughput::Elements(rig.per_round()));
@@ -414,7 +415,10 @@ fn measure<'a>(
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
+                let c0 = common::cpu_time();
                 let d = rig.round();
+                cpu += common::cpu_time().saturating_sub(c0);
+                delivered += rig.per_round();
                 rates.push(rig.per_round() as f64 / d.as_secs_f64());
                 total += d;
             }
@@ -428,12 +432,21 @@ fn measure<'a>(
         common::percentile(&mut lat, 50.0),
         common::percentile(&mut lat, 99.0),
     );
+    let cpu_ns = cpu.as_nanos() as f64 / delivered.max(1) as f64;
     println!(
-        "   {workload} {peer} {param}: {:.0} deliveries/s (median of {} rounds), emit-to-receive p50 {:.1} us, p99 {:.1} us",
+        "   {workload} {peer} {param}: {:.0} deliveries/s (median of {} rounds), {cpu_ns:.0} ns of CPU per delivery, emit-to-receive p50 {:.1} us, p99 {:.1} us",
         rate,
         rates.len(),
         p50 as f64 / 1e3,
         p99 as f64 / 1e3
+    );
+    record(
+        workload,
+        peer,
+        param as u64,
+        "cpu_ns_per_delivery",
+        cpu_ns,
+        "ns",
     );
     record(
         workload,

@@ -152,7 +152,7 @@ impl Agent for StampAgent {
                 text: String::new(),
             });
             for _ in 0..n {
-                ctx.agent_message_delta(&id, &now_ns().to_string());
+                ctx.agent_message_delta(&id, now_ns().to_string());
                 tokio::task::yield_now().await;
             }
             ctx.item_completed(ThreadItem::AgentMessage {
@@ -337,6 +337,23 @@ pub fn rss_bytes() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+/// CPU time (user + system) this process has used so far, all threads, from /proc/self/stat
+/// (clock ticks of 10 ms). On a shared 2-core machine, CPU time per delivery is steadier than
+/// wall-clock throughput: it does not count the time other processes held the cores.
+pub fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11) // state is field 3; utime is field 14
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let ticks = f.iter().sum::<u64>();
+    Duration::from_millis(ticks * 10)
 }
 
 /// `target/threadhost-bench/`, found from this executable's path (`target/release/deps/...`).
