@@ -477,11 +477,7 @@ fn measure<'a>(
 
 fn fan_out(c: &mut Criterion, sys: &SystemRunner) {
     let n = pick(200, 40);
-    let sizes: Vec<usize> = pick(vec![10, 100, 1000], vec![1000]);
-    say(&format!(
-        "fan-out: one thread, S subscribers, turns of {n} deltas ({} notifications per subscriber per turn); deliveries per second into subscribers' queues, and emit-to-receive latency of deltas",
-        per_turn(n)
-    ));
+    let sizes = fan_out_sizes();
     for &s in &sizes {
         measure(c, "fan-out", "fan-out", "raw-actix", s, || {
             Box::new(RawRig::new(sys, 1, s, n))
@@ -497,10 +493,7 @@ fn fan_out(c: &mut Criterion, sys: &SystemRunner) {
 
 fn many_threads(c: &mut Criterion, sys: &SystemRunner) {
     let n = pick(40, 20);
-    let sizes: Vec<usize> = pick(vec![100, 1000, 10_000], vec![10_000]);
-    say(&format!(
-        "many-threads: T threads with one subscriber each, a turn of {n} deltas on every thread at once; deliveries per second over all threads"
-    ));
+    let sizes = many_threads_sizes();
     for &t in &sizes {
         measure(c, "many-threads", "many-threads", "raw-actix", t, || {
             Box::new(RawRig::new(sys, t, 1, n))
@@ -518,9 +511,6 @@ fn many_threads(c: &mut Criterion, sys: &SystemRunner) {
 /// turns of history, then unsubscribes (off the clock). Records p50/p99 of the resume call.
 fn warm_resume(c: &mut Criterion, sys: &SystemRunner) {
     let turns = 10;
-    say(&format!(
-        "warm resume: resume (turns included) of a loaded thread with {turns} turns of 20 deltas and one other subscriber; time of the resume call, in-process"
-    ));
     let mut g = c.benchmark_group("warm-resume");
     if common::selected(&format!("warm-resume/threadhost/{turns}")) {
         let sink = Arc::new(Sink::default());
@@ -624,10 +614,84 @@ fn report_resume(peer: &str, turns: u64, samples: &mut [u64]) {
     record("warm-resume", peer, turns, "p99", p99, "us");
 }
 
+fn fan_out_sizes() -> Vec<usize> {
+    pick(vec![10, 100, 1000], vec![1000])
+}
+
+fn many_threads_sizes() -> Vec<usize> {
+    pick(vec![100, 1000, 10_000], vec![10_000])
+}
+
+const PEERS: [&str; 3] = ["raw-actix", "mutex-map", "threadhost"];
+
+/// What each group measures, in words (printed once, before its first benchmark).
+fn describe(group: &str) -> String {
+    match group {
+        "warm-resume" => "warm resume: resume (turns included) of a loaded thread with 10 turns of 20 deltas and one other subscriber; time of the resume call, in-process".to_owned(),
+        "fan-out" => {
+            let n = pick(200, 40);
+            format!(
+                "fan-out: one thread, S subscribers, turns of {n} deltas ({} notifications per subscriber per turn); deliveries per second into subscribers' queues, CPU time per delivery, and emit-to-receive latency of deltas (queueing included: a round emits everything at once)",
+                per_turn(n)
+            )
+        }
+        _ => format!(
+            "many-threads: T threads with one subscriber each, a turn of {} deltas on every thread at once; deliveries per second over all threads, CPU time per delivery, emit-to-receive latency of deltas",
+            pick(40, 20)
+        ),
+    }
+}
+
+/// Every benchmark id, in the order they run.
+fn all_ids() -> Vec<String> {
+    let mut ids = vec![
+        "warm-resume/threadhost/10".to_owned(),
+        "warm-resume/mutex-map/10".to_owned(),
+    ];
+    for (group, sizes) in [
+        ("fan-out", fan_out_sizes()),
+        ("many-threads", many_threads_sizes()),
+    ] {
+        for s in sizes {
+            ids.extend(PEERS.iter().map(|p| format!("{group}/{p}/{s}")));
+        }
+    }
+    ids
+}
+
 fn main() {
+    // Each benchmark runs in a fresh process of its own (this binary, re-run with an exact
+    // filter), so that no peer inherits another's heap, tasks or threads, and the order in
+    // which they run does not favour anyone.
+    if std::env::var_os("THREADHOST_BENCH_CHILD").is_none() {
+        let exe = std::env::current_exe().expect("own path");
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if args.iter().any(|a| a == "--list") {
+            for id in all_ids() {
+                println!("{id}: benchmark");
+            }
+            return;
+        }
+        let passthrough: Vec<&String> = args.iter().filter(|a| a.starts_with("--")).collect();
+        let mut group = String::new();
+        for id in all_ids().into_iter().filter(|id| common::selected(id)) {
+            let g = id.split('/').next().unwrap_or_default();
+            if g != group {
+                group = g.to_owned();
+                say(&describe(&group));
+            }
+            let status = std::process::Command::new(&exe)
+                .env("THREADHOST_BENCH_CHILD", "1")
+                .args(&passthrough)
+                .args(["--exact", &id])
+                .status()
+                .expect("run a benchmark process");
+            assert!(status.success(), "benchmark {id} failed: {status}");
+        }
+        return;
+    }
     let mut c = common::criterion();
     let sys = System::new();
-    // Latency first, while the process is fresh.
     warm_resume(&mut c, &sys);
     fan_out(&mut c, &sys);
     many_threads(&mut c, &sys);

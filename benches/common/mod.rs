@@ -76,7 +76,8 @@ pub fn selected(id: &str) -> bool {
         }
         i += 1;
     }
-    filter.is_none_or(|f| id.contains(&f))
+    let exact = args.iter().any(|a| a == "--exact");
+    filter.is_none_or(|f| if exact { id == f } else { id.contains(&f) })
 }
 
 // ---- time stamps ---------------------------------------------------------------------------
