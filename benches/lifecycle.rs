@@ -39,8 +39,8 @@ fn tokio_rt() -> tokio::runtime::Runtime {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return; // `cargo bench -- --list`
+    if std::env::args().any(|a| a == "--list") || !common::benching() {
+        return; // `cargo bench -- --list`, or `cargo test`
     }
     unload_sweep();
     cold_resume();

@@ -663,6 +663,9 @@ fn main() {
     // Each benchmark runs in a fresh process of its own (this binary, re-run with an exact
     // filter), so that no peer inherits another's heap, tasks or threads, and the order in
     // which they run does not favour anyone.
+    if !common::benching() {
+        return;
+    }
     if std::env::var_os("THREADHOST_BENCH_CHILD").is_none() {
         let exe = std::env::current_exe().expect("own path");
         let args: Vec<String> = std::env::args().skip(1).collect();

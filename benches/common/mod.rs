@@ -20,6 +20,17 @@ pub fn short() -> bool {
     std::env::var("THREADHOST_BENCH_SHORT").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// Whether this process was started by `cargo bench` (which passes `--bench`). `cargo test
+/// --all-targets` also runs `harness = false` benches, without it, in the debug profile: they
+/// then only say so and return (CI measures them with `cargo bench` in short mode instead).
+pub fn benching() -> bool {
+    let yes = std::env::args().any(|a| a == "--bench");
+    if !yes {
+        println!("skipped: this is a benchmark; run it with `cargo bench` (THREADHOST_BENCH_SHORT=1 for a smoke run)");
+    }
+    yes
+}
+
 /// Picks the full-mode or the short-mode value.
 pub fn pick<T>(full: T, short_value: T) -> T {
     if short() {
