@@ -79,7 +79,11 @@ async fn the_tour_walks_the_lifecycle_and_ends_with_a_cold_resume() {
     .expect("the tour ends in time")
     .expect("the tour runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for expected in [
         "bob   ← thread/started",
         "item/commandExecution/requestApproval",
