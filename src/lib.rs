@@ -20,3 +20,8 @@ pub mod store;
 pub mod tour;
 pub mod wire;
 pub mod ws;
+
+/// The README's Rust examples, compiled as doc tests so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

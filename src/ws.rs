@@ -147,15 +147,24 @@ async fn read(session: Session, mut stream: AggregatedMessageStream, mut ws: act
     session.close();
 }
 
-/// The connection's writer: the one place that writes frames.
+/// How long one frame may wait for a client whose TCP window stays shut. Past it the client is
+/// not reading: the writer gives up, which drops the connection's queue and cuts it off.
+const WRITE_BOUND: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The connection's writer: the one place that writes frames. Every write is bounded.
 async fn write(mut outgoing: Outgoing, mut ws: actix_ws::Session) {
     while let Some(frame) = outgoing.next().await {
         match frame {
-            Frame::Text(text) => {
-                if ws.text(text).await.is_err() {
+            Frame::Text(text) => match tokio::time::timeout(WRITE_BOUND, ws.text(text)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        "a WebSocket client did not read for {WRITE_BOUND:?}; dropping it"
+                    );
                     return;
                 }
-            }
+            },
             Frame::Close(reason) => {
                 let _ = ws.close(Some(close_reason(CloseCode::Away, &reason))).await;
                 return;
