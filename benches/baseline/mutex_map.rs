@@ -51,6 +51,9 @@ pub struct MutexMapHost {
     subscriptions: Arc<Mutex<HashMap<ThreadId, HashSet<ConnId>>>>,
     /// Connection -> its unbounded outgoing channel.
     connections: Arc<Mutex<HashMap<ConnId, Connection>>>,
+    /// Initialized connections: the broadcast list (kept apart, as threadhost keeps its own, so
+    /// a broadcast costs what there is to send, not a scan of every connection).
+    initialized: Arc<Mutex<HashSet<ConnId>>>,
     /// Threads whose unload is in flight.
     pending_unloads: Arc<Mutex<HashSet<ThreadId>>>,
     store: Arc<MemoryStore>,
@@ -60,8 +63,6 @@ pub struct MutexMapHost {
 
 struct Connection {
     tx: mpsc::UnboundedSender<Arc<Notification>>,
-    /// Receives broadcasts (status, closed) once initialized.
-    initialized: bool,
 }
 
 struct ThreadEntry {
@@ -98,6 +99,7 @@ impl MutexMapHost {
             threads: Arc::default(),
             subscriptions: Arc::default(),
             connections: Arc::default(),
+            initialized: Arc::default(),
             pending_unloads: Arc::default(),
             store,
             unload_delay,
@@ -109,10 +111,10 @@ impl MutexMapHost {
     pub async fn connect(&self, initialized: bool) -> (ConnId, Outgoing) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        self.connections
-            .lock()
-            .await
-            .insert(id, Connection { tx, initialized });
+        self.connections.lock().await.insert(id, Connection { tx });
+        if initialized {
+            self.initialized.lock().await.insert(id);
+        }
         (id, rx)
     }
 
@@ -125,6 +127,7 @@ impl MutexMapHost {
     /// their unload countdown.
     pub async fn disconnect(&self, conn: ConnId) {
         self.connections.lock().await.remove(&conn);
+        self.initialized.lock().await.remove(&conn);
         let mut orphaned = Vec::new();
         {
             let mut subs = self.subscriptions.lock().await;
@@ -140,10 +143,16 @@ impl MutexMapHost {
     }
 
     async fn broadcast(&self, n: Notification) {
+        let ids: Vec<ConnId> = self.initialized.lock().await.iter().copied().collect();
+        if ids.is_empty() {
+            return;
+        }
         let n = Arc::new(n);
         let conns = self.connections.lock().await;
-        for c in conns.values().filter(|c| c.initialized) {
-            let _ = c.tx.send(Arc::clone(&n));
+        for id in ids {
+            if let Some(c) = conns.get(&id) {
+                let _ = c.tx.send(Arc::clone(&n));
+            }
         }
     }
 
