@@ -2,15 +2,15 @@
 """Plots the bench results as SVG and prints them as Markdown tables. Python stdlib only.
 
 The benches append one JSON line per measured value to
-`$CARGO_TARGET_DIR/threadhost-bench/results.jsonl` (default `target/`). This script keeps the
-latest value of each (workload, peer, param, metric), from full runs unless `--short` is given,
-and writes:
+`$CARGO_TARGET_DIR/threadhost-bench/results.jsonl` (default `target/`). This script takes, for
+each (workload, peer, param, metric), the median of the values recorded since `--since` (a Unix
+time; default: only the latest value), from full runs unless `--short` is given, and writes:
 
 - `benches/results.svg`: deliveries per second and emit-to-receive latency (p50, p99) against
   the number of subscribers (fan-out) and of threads (many-threads), one line per peer;
 - on stdout, Markdown tables with the ratios of threadhost to both peers.
 
-Usage: python3 benches/plot.py [--results PATH] [--svg PATH] [--short]
+Usage: python3 benches/plot.py [--results PATH] [--svg PATH] [--short] [--since UNIX]
 """
 
 import argparse
@@ -23,8 +23,9 @@ PEERS = ["raw-actix", "mutex-map", "threadhost"]
 COLORS = {"raw-actix": "#7f7f7f", "mutex-map": "#d62728", "threadhost": "#1f77b4"}
 
 
-def load(path, short):
-    latest = {}
+def load(path, short, since):
+    """{key: record with "value" = median and "values" = every value, in run order}."""
+    runs = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.strip()
@@ -34,8 +35,22 @@ def load(path, short):
             if bool(r.get("short")) != short:
                 continue
             key = (r["workload"], r["peer"], r["param"], r["metric"])
-            latest[key] = r
-    return latest
+            runs.setdefault(key, []).append(r)
+    data = {}
+    for key, rs in runs.items():
+        if since is not None:
+            rs = [r for r in rs if r.get("unix", 0) >= since] or rs[-1:]
+        else:
+            rs = rs[-1:]
+        values = [r["value"] for r in rs]
+        ordered = sorted(values)
+        median = ordered[len(ordered) // 2] if len(ordered) % 2 else sum(ordered[len(ordered) // 2 - 1 : len(ordered) // 2 + 1]) / 2
+        rec = dict(rs[-1])
+        rec["value"] = median
+        rec["values"] = values
+        rec["loads"] = [r.get("load") for r in rs]
+        data[key] = rec
+    return data
 
 
 def value(data, workload, peer, param, metric):
@@ -157,6 +172,16 @@ def ratio(a, b):
     return "" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 
 
+def ratio_range(data, workload, p, peer):
+    """min-max over runs of threadhost / peer, pairing the runs in order."""
+    t = data.get((workload, "threadhost", p, "deliveries_per_s"))
+    o = data.get((workload, peer, p, "deliveries_per_s"))
+    if t is None or o is None or len(t["values"]) < 2 or len(t["values"]) != len(o["values"]):
+        return ""
+    rs = [a / b for a, b in zip(t["values"], o["values"]) if b]
+    return f" ({min(rs):.2f}-{max(rs):.2f})"
+
+
 def num(v, digits=0):
     return "" if v is None else f"{v:,.{digits}f}"
 
@@ -174,7 +199,8 @@ def tables(data):
             lt = (value(data, workload, "threadhost", p, "latency_p50"), value(data, workload, "threadhost", p, "latency_p99"))
             lm = (value(data, workload, "mutex-map", p, "latency_p50"), value(data, workload, "mutex-map", p, "latency_p99"))
             lines.append(
-                f"| {p:,} | {num(r)} | {num(m)} | {num(t)} | {ratio(t, m)} | {ratio(t, r)} | "
+                f"| {p:,} | {num(r)} | {num(m)} | {num(t)} | {ratio(t, m)}{ratio_range(data, workload, p, 'mutex-map')} "
+                f"| {ratio(t, r)}{ratio_range(data, workload, p, 'raw-actix')} | "
                 f"{num(lt[0], 1)} / {num(lt[1], 1)} | {num(lm[0], 1)} / {num(lm[1], 1)} |"
             )
     lines.append("\nother workloads\n")
@@ -185,7 +211,9 @@ def tables(data):
         vals = [value(data, workload, peer, p, metric) for peer in ["mutex-map", "threadhost", "raw-actix"]]
         unit = next(data[k]["unit"] for k in data if k[0] == workload and k[2] == p and k[3] == metric)
         lines.append(f"| {workload} | {p:,} | {metric} | {num(vals[0], 2)} | {num(vals[1], 2)} | {num(vals[2], 2)} | {unit} |")
-    loads = sorted(r["load"] for r in data.values() if r.get("load") == r.get("load"))
+    runs = max(len(r["values"]) for r in data.values())
+    lines.append(f"\nmedians of up to {runs} runs; ratio ranges over the runs in parentheses")
+    loads = sorted(x for r in data.values() for x in r["loads"] if x is not None and x == x)
     if loads:
         lines.append(f"\nload average (1 min) while measuring: {loads[0]:.2f} to {loads[-1]:.2f}")
     return "\n".join(lines)
@@ -197,10 +225,11 @@ def main():
     ap.add_argument("--results", default=os.path.join(target, "threadhost-bench", "results.jsonl"))
     ap.add_argument("--svg", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.svg"))
     ap.add_argument("--short", action="store_true", help="use the short-mode (smoke) results")
+    ap.add_argument("--since", type=int, help="median of every value recorded since this Unix time")
     args = ap.parse_args()
     if not os.path.exists(args.results):
         sys.exit(f"no results at {args.results}: run `cargo bench` first (or pass --results)")
-    data = load(args.results, args.short)
+    data = load(args.results, args.short, args.since)
     if not data:
         sys.exit(f"no {'short' if args.short else 'full'}-mode results in {args.results}")
     svg(data, args.svg)
