@@ -109,6 +109,13 @@ impl Shared {
         crate::registry::broadcast_to(self, n);
     }
 
+    /// Ids of the loaded threads (teardowns in flight included), sorted.
+    pub(crate) fn loaded_ids(&self) -> Vec<ThreadId> {
+        let mut ids: Vec<ThreadId> = self.directory.iter().map(|e| e.key().clone()).collect();
+        ids.sort();
+        ids
+    }
+
     pub(crate) fn next_request_id(&self) -> i64 {
         self.request_ids.fetch_add(1, Ordering::Relaxed)
     }
@@ -299,14 +306,7 @@ impl ThreadHost {
 
     /// Ids of the loaded threads (including those whose teardown is in flight), sorted.
     pub fn loaded_threads(&self) -> Vec<ThreadId> {
-        let mut ids: Vec<ThreadId> = self
-            .shared
-            .directory
-            .iter()
-            .map(|e| e.key().clone())
-            .collect();
-        ids.sort();
-        ids
+        self.shared.loaded_ids()
     }
 
     /// The host's counters and gauges.
@@ -651,13 +651,7 @@ impl ConnectionHandle {
         cursor: Option<&str>,
         limit: Option<usize>,
     ) -> Result<(Vec<ThreadId>, Option<String>), HostError> {
-        let mut ids: Vec<ThreadId> = self
-            .shared
-            .directory
-            .iter()
-            .map(|e| e.key().clone())
-            .collect();
-        ids.sort();
+        let mut ids = self.shared.loaded_ids();
         if let Some(c) = cursor {
             ids.retain(|i| i.as_str() > c);
         }
