@@ -165,15 +165,7 @@ fn per_cwd(params: &Params, entry: impl Fn(&str) -> Value) -> Result<Value, RpcE
 /// newest first by default. The cursor is the id of the last turn of the previous page.
 async fn turns_list(conn: &ConnectionHandle, params: &Params) -> Result<Value, RpcError> {
     let id = ThreadId::from(params.required::<String>("threadId")?);
-    let ascending = match params.optional::<String>("sortDirection")?.as_deref() {
-        None | Some("desc") => false,
-        Some("asc") => true,
-        Some(other) => {
-            return Err(RpcError::invalid_params(format!(
-            "invalid params: field `sortDirection`: unknown direction `{other}`; use asc or desc"
-        )))
-        }
-    };
+    let ascending = params.sort_ascending()?;
     let view = params
         .optional::<String>("itemsView")?
         .unwrap_or_else(|| "summary".into());

@@ -538,15 +538,7 @@ fn list_query(p: &Params) -> Result<ListQuery, RpcError> {
             )))
         }
     };
-    let ascending = match p.optional::<String>("sortDirection")?.as_deref() {
-        None | Some("desc") => false,
-        Some("asc") => true,
-        Some(other) => {
-            return Err(RpcError::invalid_params(format!(
-            "invalid params: field `sortDirection`: unknown direction `{other}`; use asc or desc"
-        )))
-        }
-    };
+    let ascending = p.sort_ascending()?;
     let cwd = p.optional::<CwdFilter>("cwd").map_err(|_| {
         RpcError::invalid_params(
             "invalid params: field `cwd`: expected a path or an array of paths",

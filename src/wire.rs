@@ -342,6 +342,17 @@ impl Params {
         }
     }
 
+    /// Codex's `sortDirection` (`asc` or `desc`, descending when absent): `true` for ascending.
+    pub fn sort_ascending(&self) -> Result<bool, RpcError> {
+        match self.optional::<String>("sortDirection")?.as_deref() {
+            None | Some("desc") => Ok(false),
+            Some("asc") => Ok(true),
+            Some(other) => Err(RpcError::invalid_params(format!(
+                "invalid params: field `sortDirection`: unknown direction `{other}`; use asc or desc"
+            ))),
+        }
+    }
+
     /// The raw value of a field, if present.
     pub fn raw(&self, name: &str) -> Option<&Value> {
         self.map.get(name)

@@ -864,17 +864,7 @@ impl ConnectionHandle {
                 tokio::time::timeout(bound, store.save_goal(stored.meta, Some(goal.clone())))
                     .await
                     .map_err(timeout)??;
-                if let Some(r) = self.reply_to() {
-                    r.conn.deliver(Outbound::Response {
-                        id: r.id,
-                        result: Ok(serde_json::json!({ "goal": goal })),
-                    });
-                }
-                self.shared.broadcast(&Arc::new(Notification::GoalUpdated {
-                    thread_id: id.clone(),
-                    turn_id: None,
-                    goal: goal.clone(),
-                }));
+                crate::thread::announce_goal_set(&self.shared, self.reply_to(), &goal);
                 Ok(GoalReply::Set(goal))
             }
             GoalOp::Clear => {
@@ -884,17 +874,7 @@ impl ConnectionHandle {
                         .await
                         .map_err(timeout)??;
                 }
-                if let Some(r) = self.reply_to() {
-                    r.conn.deliver(Outbound::Response {
-                        id: r.id,
-                        result: Ok(serde_json::json!({ "cleared": had })),
-                    });
-                }
-                if had {
-                    self.shared.broadcast(&Arc::new(Notification::GoalCleared {
-                        thread_id: id.clone(),
-                    }));
-                }
+                crate::thread::announce_goal_cleared(&self.shared, self.reply_to(), id, had);
                 Ok(GoalReply::Cleared(had))
             }
         }

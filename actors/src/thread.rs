@@ -1086,14 +1086,7 @@ impl Handler<SetGoal> for ThreadActor {
         Box::pin(save.into_actor(self).map(move |res, act, _ctx| {
             res?;
             act.goal = Some(Box::new(goal.clone()));
-            if let Some(r) = msg.reply {
-                r.send(serde_json::json!({ "goal": goal }));
-            }
-            act.shared.broadcast(&Arc::new(Notification::GoalUpdated {
-                thread_id: act.id().clone(),
-                turn_id: None,
-                goal: goal.clone(),
-            }));
+            announce_goal_set(&act.shared, msg.reply, &goal);
             Ok(goal)
         }))
     }
@@ -1135,16 +1128,39 @@ impl Handler<ClearGoal> for ThreadActor {
                 res?;
             }
             act.goal = None;
-            if let Some(r) = msg.reply {
-                r.send(serde_json::json!({ "cleared": had }));
-            }
-            if had {
-                act.shared.broadcast(&Arc::new(Notification::GoalCleared {
-                    thread_id: act.id().clone(),
-                }));
-            }
+            announce_goal_cleared(&act.shared, msg.reply, act.id(), had);
             Ok(had)
         }))
+    }
+}
+
+/// After a goal was set and stored: the response (if responding), then the broadcast, in that
+/// order (spec section 10). Shared by loaded threads and the store path of unloaded ones.
+pub(crate) fn announce_goal_set(shared: &Shared, reply: Option<ReplyTo>, goal: &Goal) {
+    if let Some(r) = reply {
+        r.send(serde_json::json!({ "goal": goal }));
+    }
+    shared.broadcast(&Arc::new(Notification::GoalUpdated {
+        thread_id: goal.thread_id.clone(),
+        turn_id: None,
+        goal: goal.clone(),
+    }));
+}
+
+/// After a goal clear: `{cleared}` (if responding), then `thread/goal/cleared` if there was one.
+pub(crate) fn announce_goal_cleared(
+    shared: &Shared,
+    reply: Option<ReplyTo>,
+    thread_id: &ThreadId,
+    cleared: bool,
+) {
+    if let Some(r) = reply {
+        r.send(serde_json::json!({ "cleared": cleared }));
+    }
+    if cleared {
+        shared.broadcast(&Arc::new(Notification::GoalCleared {
+            thread_id: thread_id.clone(),
+        }));
     }
 }
 
