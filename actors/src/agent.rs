@@ -9,14 +9,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
-use actix::prelude::*;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::AgentError;
 use crate::ids::ThreadId;
 use crate::model::{ThreadItem, TokenUsageBreakdown, TurnError, UserInput};
-use crate::thread::{AgentEvent, AgentEventKind, ThreadActor};
+use crate::thread::{AgentEventKind, TurnEvent};
 
 /// A boxed future that stays on the thread's arbiter (agents need not be `Send`).
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -91,13 +91,30 @@ pub trait AgentFactory: Send + Sync + 'static {
     }
 }
 
-/// The agent's side of a running turn: every call becomes a message in the thread actor's
-/// mailbox, so events keep their order with everything else the thread does.
+/// The agent's side of a running turn. Every call puts an event on the turn's own channel,
+/// which the thread actor drains in order (spec section 4: events keep the order the agent
+/// emitted them in); a call after the turn ended is dropped. Cheap to clone and `Send`, so an
+/// agent may hand it to tasks of its own.
 #[derive(Clone, Debug)]
 pub struct TurnContext {
-    pub(crate) thread: Addr<ThreadActor>,
-    pub(crate) generation: u64,
-    pub(crate) turn_id: String,
+    link: Arc<TurnLink>,
+}
+
+/// What every clone of one turn's [`TurnContext`] shares.
+struct TurnLink {
+    tx: mpsc::UnboundedSender<TurnEvent>,
+    turn_id: Arc<str>,
+    /// The id of the item the last delta went to, shared with the notifications: a stream of
+    /// deltas to one item allocates its id once, not once per delta.
+    last_item: Mutex<Option<Arc<str>>>,
+}
+
+impl std::fmt::Debug for TurnLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnLink")
+            .field("turn_id", &self.turn_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The answer a client gave to a server request.
@@ -109,17 +126,41 @@ pub type RequestAnswer = serde_json::Value;
 pub struct RequestCancelled;
 
 impl TurnContext {
+    /// A context whose events go to `tx`.
+    pub(crate) fn new(turn_id: Arc<str>, tx: mpsc::UnboundedSender<TurnEvent>) -> Self {
+        Self {
+            link: Arc::new(TurnLink {
+                tx,
+                turn_id,
+                last_item: Mutex::new(None),
+            }),
+        }
+    }
+
     /// The turn's id.
     pub fn turn_id(&self) -> &str {
-        &self.turn_id
+        &self.link.turn_id
     }
 
     fn emit(&self, kind: AgentEventKind) {
-        self.thread.do_send(AgentEvent {
-            generation: self.generation,
-            turn_id: self.turn_id.clone(),
-            kind,
-        });
+        // An error means the turn ended and its channel is gone: the event is stale.
+        let _ = self.link.tx.send(TurnEvent::Agent(kind));
+    }
+
+    fn item_id(&self, id: &str) -> Arc<str> {
+        let mut last = self
+            .link
+            .last_item
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*last {
+            Some(known) if **known == *id => Arc::clone(known),
+            _ => {
+                let fresh: Arc<str> = Arc::from(id);
+                *last = Some(Arc::clone(&fresh));
+                fresh
+            }
+        }
     }
 
     /// An item began (`item/started`).
@@ -132,7 +173,7 @@ impl TurnContext {
     /// moved into the notification rather than copied; `&str` works too.
     pub fn agent_message_delta(&self, item_id: &str, delta: impl Into<String>) {
         self.emit(AgentEventKind::Delta {
-            item_id: item_id.to_owned(),
+            item_id: self.item_id(item_id),
             delta: delta.into(),
         });
     }

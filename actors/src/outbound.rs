@@ -64,7 +64,7 @@ pub enum Notification {
         /// Which thread.
         thread_id: ThreadId,
         /// Which turn.
-        turn_id: String,
+        turn_id: Arc<str>,
         /// The item as it starts.
         item: ThreadItem,
         /// Unix milliseconds.
@@ -76,7 +76,7 @@ pub enum Notification {
         /// Which thread.
         thread_id: ThreadId,
         /// Which turn.
-        turn_id: String,
+        turn_id: Arc<str>,
         /// The final item.
         item: ThreadItem,
         /// Unix milliseconds.
@@ -88,9 +88,9 @@ pub enum Notification {
         /// Which thread.
         thread_id: ThreadId,
         /// Which turn.
-        turn_id: String,
+        turn_id: Arc<str>,
         /// Which item.
-        item_id: String,
+        item_id: Arc<str>,
         /// The new text.
         delta: String,
     },
@@ -124,7 +124,7 @@ pub enum Notification {
         /// Which thread.
         thread_id: ThreadId,
         /// The turn it belongs to.
-        turn_id: String,
+        turn_id: Arc<str>,
         /// Totals and last turn.
         token_usage: TokenUsage,
     },
@@ -135,7 +135,7 @@ pub enum Notification {
         /// Which thread.
         thread_id: ThreadId,
         /// Which turn.
-        turn_id: String,
+        turn_id: Arc<str>,
         /// The item as the model produced it.
         item: serde_json::Value,
     },
@@ -145,7 +145,7 @@ pub enum Notification {
         /// Which thread.
         thread_id: ThreadId,
         /// Which turn.
-        turn_id: String,
+        turn_id: Arc<str>,
         /// What went wrong.
         error: TurnError,
         /// Whether the agent retries by itself.

@@ -2,12 +2,14 @@
 //!
 //! **Role.** Owns everything about one loaded thread: its agent, subscribers, listener
 //! generation, turn tracker, pending server requests, goal, token usage, status facts and idle
-//! clock. Connections, the registry and the host talk to it only through its mailbox, which is
-//! the FIFO that orders agent events, commands and resume responses: nothing is locked.
+//! clock. Connections, the registry and the host talk to it only through its mailbox, which
+//! orders commands and resume responses; the running turn's agent talks to it through the
+//! turn's event channel. One task processes both, one item at a time: nothing is locked.
 //!
 //! **Messages.** Client commands ([`Resume`], [`Unsubscribe`], [`Read`], [`StartTurn`],
 //! [`Interrupt`], [`AnswerRequest`], [`SetGoal`], [`GetGoal`], [`ClearGoal`], [`Close`]), the
-//! agent's events ([`AgentEvent`], [`TurnFinished`]) and bookkeeping ([`ConnectionClosed`]).
+//! bookkeeping ([`ConnectionClosed`]). The agent's events arrive on a channel of the turn's own
+//! ([`TurnEvent`]), drained as a stream of the actor's context.
 //! Handlers are synchronous; the two waits that must hold the mailbox (the registry's answer to
 //! an unload claim, and the store write that makes a turn durable before `turn/completed`) use
 //! `ctx.wait`, bounded.
@@ -32,10 +34,11 @@ mod status;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::agent::{Agent, TurnContext, TurnInput};
@@ -95,10 +98,16 @@ impl ReplyTo {
 struct ActiveTurn {
     /// The turn as it stands: completed items so far.
     turn: Turn,
+    /// `turn.id`, shared by every notification of the turn.
+    id: Arc<str>,
     /// Items started but not completed (agent messages accumulate their deltas here).
     open: Vec<ThreadItem>,
     /// The agent's task; aborting it interrupts the turn.
     task: tokio::task::JoinHandle<()>,
+    /// Which [`TurnEvents`] stream is this turn's: events of any other are stale.
+    stream: u64,
+    /// That stream in the actor's context; cancelled when the turn ends.
+    events: SpawnHandle,
 }
 
 /// A server request waiting for its first answer.
@@ -494,26 +503,27 @@ impl ThreadActor {
             content: input.clone(),
         };
         let now_ms = unix_millis();
+        let shared_id: Arc<str> = Arc::from(turn_id.as_str());
         self.to_subscribers(Notification::ItemStarted {
             thread_id: self.id().clone(),
-            turn_id: turn_id.clone(),
+            turn_id: Arc::clone(&shared_id),
             item: user.clone(),
             started_at_ms: now_ms,
         });
         self.to_subscribers(Notification::ItemCompleted {
             thread_id: self.id().clone(),
-            turn_id: turn_id.clone(),
+            turn_id: Arc::clone(&shared_id),
             item: user.clone(),
             completed_at_ms: now_ms,
         });
         let mut active_turn = turn.clone();
         active_turn.items.push(user);
 
-        let tctx = TurnContext {
-            thread: ctx.address(),
-            generation: self.generation,
-            turn_id: turn_id.clone(),
-        };
+        // The agent's events, and the end of its task, come back on a channel of this turn's
+        // own, drained by the actor as a stream: no actor message per event.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stream = TurnEvents::next_id();
+        let tctx = TurnContext::new(Arc::clone(&shared_id), tx.clone());
         let tinput = TurnInput {
             thread_id: self.id().clone(),
             turn_id: turn_id.clone(),
@@ -522,22 +532,21 @@ impl ThreadActor {
         };
         // A panic here is a panic in this handler: the guard around it restarts the thread.
         let fut = self.agent.run_turn(tinput, tctx);
-        let addr = ctx.address();
-        let generation = self.generation;
         let task_guard = self.shared.metrics.agent_tasks.guard();
         let task = actix_rt::spawn(async move {
             let outcome = CatchUnwind(fut).await;
             drop(task_guard);
-            addr.do_send(TurnFinished {
-                generation,
-                turn_id,
-                outcome,
-            });
+            // After every event the future emitted: the channel keeps the order.
+            let _ = tx.send(TurnEvent::Finished(outcome));
         });
+        let events = ctx.add_stream(TurnEvents { rx, stream });
         self.active = Some(Box::new(ActiveTurn {
             turn: active_turn,
+            id: shared_id,
             open: Vec::new(),
             task,
+            stream,
+            events,
         }));
         self.refresh(ctx);
         Ok(turn)
@@ -555,6 +564,7 @@ impl ThreadActor {
             return;
         };
         active.task.abort();
+        ctx.cancel_future(active.events);
         let mut turn = active.turn;
         turn.items.extend(active.open);
         turn.status = status;
@@ -572,7 +582,7 @@ impl ThreadActor {
             self.system_error = true;
             self.to_subscribers(Notification::Error {
                 thread_id: thread_id.clone(),
-                turn_id: turn.id.clone(),
+                turn_id: Arc::clone(&active.id),
                 error: error.clone(),
                 will_retry: false,
             });
@@ -601,7 +611,7 @@ impl ThreadActor {
                 act.shared.metrics.store_errors.inc();
                 act.to_subscribers(Notification::Error {
                     thread_id: thread_id.clone(),
-                    turn_id: turn.id.clone(),
+                    turn_id: Arc::from(turn.id.as_str()),
                     error: TurnError::new(format!("store error: {e}; this turn is not saved and will be lost when the thread unloads")),
                     will_retry: false,
                 });
@@ -611,22 +621,16 @@ impl ThreadActor {
         }));
     }
 
-    fn on_agent_event(&mut self, ev: AgentEvent, ctx: &mut Context<Self>) {
-        let current = ev.generation == self.generation
-            && self.closing.is_none()
-            && self
-                .active
-                .as_ref()
-                .is_some_and(|a| a.turn.id == ev.turn_id);
-        if !current {
-            return; // stale: a superseded generation or an ended turn (a request's sender drops)
+    fn on_agent_event(&mut self, kind: AgentEventKind, ctx: &mut Context<Self>) {
+        if self.closing.is_some() {
+            return; // nothing is emitted while closing (a request's sender drops)
         }
         let thread_id = self.id().clone();
-        let turn_id = ev.turn_id;
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        match ev.kind {
+        let turn_id = Arc::clone(&active.id);
+        match kind {
             AgentEventKind::ItemStarted(item) => {
                 let item = *item;
                 active.open.push(item.clone());
@@ -639,7 +643,7 @@ impl ThreadActor {
             }
             AgentEventKind::Delta { item_id, delta } => {
                 if let Some(ThreadItem::AgentMessage { text, .. }) =
-                    active.open.iter_mut().find(|i| i.id() == item_id)
+                    active.open.iter_mut().find(|i| i.id() == &*item_id)
                 {
                     text.push_str(&delta);
                 }
@@ -677,7 +681,7 @@ impl ThreadActor {
                     model_context_window,
                 };
                 self.usage = Some(Box::new(UsageRecord {
-                    turn_id: turn_id.clone(),
+                    turn_id: turn_id.to_string(),
                     usage,
                 }));
                 if let Some(goal) = self.goal.as_mut() {
@@ -911,7 +915,7 @@ impl Handler<Resume> for ThreadActor {
                 out.push(Outbound::Notification(Arc::new(
                     Notification::TokenUsageUpdated {
                         thread_id: id.clone(),
-                        turn_id: u.turn_id.clone(),
+                        turn_id: Arc::from(u.turn_id.as_str()),
                         token_usage: u.usage,
                     },
                 )));
@@ -1198,23 +1202,24 @@ impl Handler<Close> for ThreadActor {
     }
 }
 
-/// An event from the agent of the current turn.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub(crate) struct AgentEvent {
-    pub(crate) generation: u64,
-    pub(crate) turn_id: String,
-    pub(crate) kind: AgentEventKind,
+/// What the agent's side of a turn sends its thread, in the order it happened.
+#[derive(Debug)]
+pub(crate) enum TurnEvent {
+    /// An item, delta, usage report or server request.
+    Agent(AgentEventKind),
+    /// The turn's future ended, or panicked (with the panic's message). Sent by the turn's
+    /// task after everything the future emitted.
+    Finished(Result<Result<(), TurnError>, String>),
 }
 
 /// What the agent reported. Items are boxed: a delta is the common event, and every event is
-/// moved several times on its way into the actor, so the enum is kept to the size of a delta's
-/// two strings rather than that of the largest item.
+/// moved on its way into the actor, so the enum is kept to the size of a delta's two strings
+/// rather than that of the largest item.
 #[derive(Debug)]
 pub(crate) enum AgentEventKind {
     ItemStarted(Box<ThreadItem>),
     Delta {
-        item_id: String,
+        item_id: Arc<str>,
         delta: String,
     },
     ItemCompleted(Box<ThreadItem>),
@@ -1230,47 +1235,59 @@ pub(crate) enum AgentEventKind {
     },
 }
 
-impl Handler<AgentEvent> for ThreadActor {
-    type Result = ();
+/// One turn's events as a stream of the actor's context, each tagged with the stream's id.
+///
+/// The tag is what makes events of an ended turn stale: cancelling a stream takes effect when
+/// the context next cleans up, which may be after it was polled once more, by which time
+/// another turn may have started.
+struct TurnEvents {
+    rx: mpsc::UnboundedReceiver<TurnEvent>,
+    stream: u64,
+}
 
-    fn handle(&mut self, msg: AgentEvent, ctx: &mut Context<Self>) {
-        let _ = self.guarded(ctx, |this, ctx| {
-            this.on_agent_event(msg, ctx);
-            Ok(())
-        });
+impl TurnEvents {
+    /// A host-wide unique stream id.
+    fn next_id() -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
     }
 }
 
-/// The agent's turn future ended (or panicked).
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub(crate) struct TurnFinished {
-    generation: u64,
-    turn_id: String,
-    outcome: Result<Result<(), TurnError>, String>,
+impl Stream for TurnEvents {
+    type Item = (u64, TurnEvent);
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let stream = self.stream;
+        self.rx.poll_recv(cx).map(|ev| ev.map(|ev| (stream, ev)))
+    }
 }
 
-impl Handler<TurnFinished> for ThreadActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: TurnFinished, ctx: &mut Context<Self>) {
-        let current = msg.generation == self.generation
-            && self
-                .active
-                .as_ref()
-                .is_some_and(|a| a.turn.id == msg.turn_id);
-        if !current {
-            return;
+impl StreamHandler<(u64, TurnEvent)> for ThreadActor {
+    fn handle(&mut self, (stream, ev): (u64, TurnEvent), ctx: &mut Context<Self>) {
+        if self.active.as_ref().is_none_or(|a| a.stream != stream) {
+            return; // stale: an ended turn, or one from before a restart
         }
         let _ = self.guarded(ctx, |this, ctx| {
-            match msg.outcome {
-                Ok(Ok(())) => this.complete_turn(TurnStatus::Completed, None, ctx),
-                Ok(Err(e)) => this.complete_turn(TurnStatus::Failed, Some(&e), ctx),
-                Err(panic) => this.restart(&panic, ctx),
+            match ev {
+                TurnEvent::Agent(kind) => this.on_agent_event(kind, ctx),
+                TurnEvent::Finished(Ok(Ok(()))) => {
+                    this.complete_turn(TurnStatus::Completed, None, ctx);
+                }
+                TurnEvent::Finished(Ok(Err(e))) => {
+                    this.complete_turn(TurnStatus::Failed, Some(&e), ctx);
+                }
+                TurnEvent::Finished(Err(panic)) => this.restart(&panic, ctx),
             }
             Ok(())
         });
     }
+
+    /// A turn's stream ends when every sender is gone, which is no news: the turn's end
+    /// arrives as [`TurnEvent::Finished`]. (The default would stop the actor.)
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
 }
 
 /// Test hook: panics inside a handler, to exercise supervision.

@@ -397,7 +397,8 @@ async fn a_cold_resume_shows_exactly_the_stored_turns_and_usage() {
                 ..
             } => {
                 assert_eq!(
-                    turn_id, &warm.turns[1].id,
+                    &**turn_id,
+                    warm.turns[1].id.as_str(),
                     "usage belongs to the latest turn with usage"
                 );
                 assert_eq!(token_usage.total.total_tokens, 4 + 6);
@@ -726,4 +727,106 @@ async fn an_ephemeral_thread_keeps_nothing_in_the_store() {
     a.handle.close_thread(&id).await.unwrap();
     let err = a.handle.resume(&id, false).await.unwrap_err();
     assert_eq!(err, HostError::NoRollout(id));
+}
+
+// ---- agent events: each turn's own channel ------------------------------------------------------
+
+/// An agent whose turns start an agent message and then wait forever, handing their context to
+/// the test so it can emit on it later, also after the turn ended.
+#[derive(Default)]
+struct Leaky(std::sync::Arc<std::sync::Mutex<Vec<TurnContext>>>);
+
+impl AgentFactory for Leaky {
+    fn models(&self) -> Vec<ModelInfo> {
+        vec![ModelInfo {
+            id: SCRIPTED_MODEL.to_owned(),
+            display_name: "leaky".to_owned(),
+            description: "keeps its turn contexts".to_owned(),
+            is_default: true,
+        }]
+    }
+
+    fn create(&self, _: &ThreadId, _: &str) -> Result<Box<dyn Agent>, AgentError> {
+        Ok(Box::new(LeakyAgent(std::sync::Arc::clone(&self.0))))
+    }
+}
+
+struct LeakyAgent(std::sync::Arc<std::sync::Mutex<Vec<TurnContext>>>);
+
+impl Agent for LeakyAgent {
+    fn run_turn(
+        &mut self,
+        _input: TurnInput,
+        ctx: TurnContext,
+    ) -> LocalBoxFuture<'static, Result<(), TurnError>> {
+        self.0.lock().unwrap().push(ctx.clone());
+        Box::pin(async move {
+            ctx.item_started(ThreadItem::AgentMessage {
+                id: "msg".to_owned(),
+                text: String::new(),
+            });
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+    }
+
+    fn shutdown(&mut self) -> Result<LocalBoxFuture<'static, ()>, AgentError> {
+        Ok(Box::pin(async {}))
+    }
+}
+
+#[actix::test]
+async fn events_from_an_ended_turns_context_reach_nobody() {
+    tokio::time::pause();
+    let agents = std::sync::Arc::new(Leaky::default());
+    let contexts = std::sync::Arc::clone(&agents.0);
+    let host = ThreadHost::start(
+        HostConfig {
+            unload_delay: DELAY,
+            arbiters: 0,
+            ..HostConfig::default()
+        },
+        agents,
+        std::sync::Arc::new(MemoryStore::new()),
+    );
+    let mut a = Probe::connect(&host);
+    let id = a.start_thread().await;
+    let first = a.turn(&id, "one").await;
+    a.until("item/started").await; // the user message
+    a.until("item/started").await; // the agent message
+    a.handle.interrupt(&id, &first.id).await.unwrap();
+    a.until("turn/completed").await;
+    let second = a.turn(&id, "two").await;
+    a.drain().await;
+    let (old, new) = {
+        let c = contexts.lock().unwrap();
+        (c[0].clone(), c[1].clone())
+    };
+    assert_eq!(old.turn_id(), first.id);
+    old.agent_message_delta("msg", "stale");
+    new.agent_message_delta("msg", "fresh");
+    let deltas: Vec<(String, String)> = a
+        .drain_messages()
+        .await
+        .iter()
+        .filter_map(|m| match m {
+            Outbound::Notification(n) => match n.as_ref() {
+                Notification::AgentMessageDelta { turn_id, delta, .. } => {
+                    Some((turn_id.to_string(), delta.clone()))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deltas, vec![(second.id.clone(), "fresh".to_owned())]);
+    // The stale delta is not in the running turn either.
+    let snap = a.handle.read(&id, true).await.unwrap();
+    let text = snap.turns.iter().find(|t| t.id == second.id).and_then(|t| {
+        t.items.iter().find_map(|i| match i {
+            ThreadItem::AgentMessage { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+    });
+    assert_eq!(text.as_deref(), Some("fresh"));
 }

@@ -75,7 +75,8 @@ struct ThreadEntry {
 struct ThreadState {
     meta: ThreadMeta,
     history: Vec<Turn>,
-    active: Option<(Turn, Vec<ThreadItem>)>,
+    /// The turn in flight, its open items, and its id as the notifications share it.
+    active: Option<(Turn, Vec<ThreadItem>, Arc<str>)>,
     usage: Option<UsageRecord>,
     no_subscribers_since: Option<Instant>,
     inactive_since: Option<Instant>,
@@ -86,7 +87,7 @@ struct ThreadState {
 enum AgentEvent {
     TurnStarted(Turn),
     ItemStarted(ThreadItem),
-    Delta { item_id: String, delta: String },
+    Delta { item_id: Arc<str>, delta: String },
     ItemCompleted(ThreadItem),
     TokenUsage(TokenUsageBreakdown),
     TurnComplete,
@@ -230,10 +231,10 @@ impl MutexMapHost {
         while let Some(ev) = rx.recv().await {
             let n = {
                 let mut st = state.lock().await;
-                let Some((turn, open)) = st.active.as_mut() else {
+                let Some((turn, open, shared_id)) = st.active.as_mut() else {
                     continue;
                 };
-                let turn_id = turn.id.clone();
+                let turn_id = Arc::clone(shared_id);
                 match ev {
                     AgentEvent::TurnStarted(t) => Notification::TurnStarted {
                         thread_id: id.clone(),
@@ -250,7 +251,7 @@ impl MutexMapHost {
                     }
                     AgentEvent::Delta { item_id, delta } => {
                         if let Some(ThreadItem::AgentMessage { text, .. }) =
-                            open.iter_mut().find(|i| i.id() == item_id)
+                            open.iter_mut().find(|i| i.id() == &*item_id)
                         {
                             text.push_str(&delta);
                         }
@@ -284,7 +285,7 @@ impl MutexMapHost {
                             model_context_window: Some(128_000),
                         };
                         st.usage = Some(UsageRecord {
-                            turn_id: turn_id.clone(),
+                            turn_id: turn_id.to_string(),
                             usage,
                         });
                         Notification::TokenUsageUpdated {
@@ -294,7 +295,7 @@ impl MutexMapHost {
                         }
                     }
                     AgentEvent::TurnComplete => {
-                        let Some((mut turn, open)) = st.active.take() else {
+                        let Some((mut turn, open, _)) = st.active.take() else {
                             continue;
                         };
                         turn.items.extend(open);
@@ -355,7 +356,7 @@ impl MutexMapHost {
                 id: format!("{turn_id}-user"),
                 content: input,
             };
-            st.active = Some((turn.clone(), Vec::new()));
+            st.active = Some((turn.clone(), Vec::new(), Arc::from(turn.id.as_str())));
             st.inactive_since = None;
             st.unload_generation += 1;
             let _ = events.send(AgentEvent::TurnStarted(turn));
@@ -377,8 +378,9 @@ impl MutexMapHost {
                 text: String::new(),
             }));
             for _ in 0..n {
+                // One id allocation per delta, as Codex's `String` ids have.
                 let _ = events.send(AgentEvent::Delta {
-                    item_id: item_id.clone(),
+                    item_id: Arc::from(item_id.as_str()),
                     delta: super::common::now_ns().to_string(),
                 });
                 tokio::task::yield_now().await;

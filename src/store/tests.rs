@@ -863,7 +863,8 @@ async fn a_thread_resumed_cold_after_a_host_restart_shows_exactly_its_turns_and_
     });
     let (turn_id, usage) = usage.expect("usage is sent after a cold resume");
     assert_eq!(
-        turn_id, before.turns[1].id,
+        &*turn_id,
+        before.turns[1].id.as_str(),
         "the failed last turn reported no usage"
     );
     assert_eq!(usage.total.total_tokens, 6 + usage.last.total_tokens);
