@@ -9,7 +9,10 @@
 //! outlive a single message: which threads the connection subscribed to, so it can leave them
 //! when it closes.
 //!
-//! **State.** See the fields of [`ConnectionActor`] and [`Outlet`].
+//! **State.** See the fields of [`ConnectionActor`] and [`Outlet`]. A notification is pushed
+//! without taking a lock: a closed flag, an opt-out bit mask, the queued count and the channel
+//! are all atomics. The reader subtracts what it took from the count in small batches, so that
+//! it rarely writes the cache line every sender writes.
 //!
 //! **Messages.** [`Subscribed`] / [`Unsubscribed`] (bookkeeping of the thread set) and
 //! [`Disconnect`]. Deliveries are not messages: see [`ConnRef::deliver`], [`ConnRef::notify`]
@@ -26,7 +29,7 @@
 //! `Outbound::Disconnected` as its last message, and nobody else slows down.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
@@ -35,18 +38,20 @@ use tokio::sync::mpsc;
 use crate::host::Shared;
 use crate::ids::{ConnectionId, RequestId, ThreadId};
 use crate::metrics::Metrics;
-use crate::outbound::{Notification, Outbound, ServerRequest};
+use crate::outbound::{Notification, Outbound, ServerRequest, METHODS};
 use crate::thread::ConnectionClosed;
 
 /// What the queue carries: notifications (nearly everything) as they are, the rest boxed.
 ///
-/// `Outbound` is 72 bytes because of its response variant; the channel allocates its slots in
-/// blocks of 32, and 32 x 72 bytes is past the size at which glibc's malloc consolidates its
+/// `Outbound` is 64 bytes because of its response variant; the channel allocates its slots in
+/// blocks of 32, and 32 x 64 bytes is past the size at which glibc's malloc consolidates its
 /// free lists on every allocation. 16-byte items keep a block at 512 bytes.
 #[derive(Debug)]
 enum Item {
     Notification(Arc<Notification>),
     Other(Box<Outbound>),
+    /// The queue was closed without a reason: the end of the stream.
+    Closed,
 }
 
 impl Item {
@@ -56,67 +61,109 @@ impl Item {
             other => Self::Other(Box::new(other)),
         }
     }
-
-    fn into_outbound(self) -> Outbound {
-        match self {
-            Self::Notification(n) => Outbound::Notification(n),
-            Self::Other(o) => *o,
-        }
-    }
 }
 
 /// The receiving end of a connection's outbound queue. The transport owns it.
 #[derive(Debug)]
 pub struct Outbox {
     rx: mpsc::UnboundedReceiver<Item>,
-    /// Shared with the senders: each message taken out frees one slot of the bound.
+    /// Shared with the senders: messages taken out free slots of the bound.
     outlet: Arc<Outlet>,
+    /// Messages taken out and not yet subtracted from `outlet.queued`: subtracting in batches
+    /// keeps the reader off the cache line every sender writes.
+    taken: usize,
+    /// The end was seen (a close or a `Disconnected`): nothing more is returned.
+    done: bool,
 }
 
 impl Outbox {
     /// The next message; `None` once the connection is closed and the queue drained.
     pub async fn recv(&mut self) -> Option<Outbound> {
-        let m = self.rx.recv().await?;
-        self.outlet.queued.fetch_sub(1, Ordering::AcqRel);
-        Some(m.into_outbound())
+        if self.done {
+            return None;
+        }
+        let item = match self.rx.try_recv() {
+            Ok(item) => item,
+            Err(_) => {
+                // About to wait: the count is exact whenever the reader has caught up.
+                self.release();
+                self.rx.recv().await?
+            }
+        };
+        self.took(item)
     }
 
     /// The next message if one is queued.
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        let m = self.rx.try_recv().ok()?;
-        self.outlet.queued.fetch_sub(1, Ordering::AcqRel);
-        Some(m.into_outbound())
+        if self.done {
+            return None;
+        }
+        match self.rx.try_recv() {
+            Ok(item) => self.took(item),
+            Err(_) => {
+                self.release();
+                None
+            }
+        }
+    }
+
+    fn took(&mut self, item: Item) -> Option<Outbound> {
+        self.taken += 1;
+        if self.taken >= self.outlet.release_every {
+            self.release();
+        }
+        match item {
+            Item::Notification(n) => Some(Outbound::Notification(n)),
+            Item::Other(o) => {
+                // A cut-off's reason is the last message, whatever raced in behind it.
+                self.done = matches!(*o, Outbound::Disconnected { .. });
+                Some(*o)
+            }
+            Item::Closed => {
+                self.done = true;
+                None
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        if self.taken > 0 {
+            self.outlet.queued.fetch_sub(self.taken, Ordering::AcqRel);
+            self.taken = 0;
+        }
     }
 }
 
 /// The sending side of one connection's queue, shared by everyone who delivers to it.
 ///
 /// The queue itself is an unbounded channel; the bound is kept here, by counting what is queued,
-/// so that the reason for a cut-off always fits behind the last message.
+/// so that the reason for a cut-off always fits behind the last message. A notification is
+/// pushed without a lock: two atomic loads (closed? opted out?), the count, the channel.
 pub(crate) struct Outlet {
     /// For log lines.
     id: ConnectionId,
     /// Messages the queue holds before the client counts as not reading
     /// (`HostConfig::outbound_capacity`); one of them is kept for the disconnect reason.
     capacity: usize,
-    /// Messages pushed and not yet taken out by the [`Outbox`].
+    /// The reader subtracts what it took from `queued` after this many messages (and whenever
+    /// it catches up): 1/16 of the capacity, so a client that reads is never cut off before
+    /// it has 15/16 of the capacity queued.
+    release_every: usize,
+    /// Messages pushed and not yet taken out by the [`Outbox`] (give or take its batch).
     queued: AtomicUsize,
-    /// Everything a push must see and change at once. Held only for one push: a few hundred
-    /// nanoseconds, never across an `.await`.
-    state: Mutex<OutletState>,
+    /// The queue was closed or the connection cut off: later pushes are dropped. Whoever sets
+    /// it puts the last message on the queue.
+    closed: AtomicBool,
+    /// Bit `i` set: the client opted out of notification method `METHODS[i]`.
+    opt_out: AtomicU32,
+    /// The queue.
+    tx: mpsc::UnboundedSender<Item>,
+    /// Server requests delivered here, and their thread: answers are routed by it, and an
+    /// answer to anything else is ignored (spec section 8). Recorded before the request is
+    /// queued, so it is known here before the client can possibly read it.
+    requests: Mutex<HashMap<RequestId, ThreadId>>,
     /// Counters (delivered, dropped, slow disconnects).
     metrics: Arc<Metrics>,
-}
-
-struct OutletState {
-    /// The queue; `None` once the connection was cut off or closed: later pushes are dropped.
-    tx: Option<mpsc::UnboundedSender<Item>>,
-    /// Notification methods the client opted out of in `initialize`.
-    opt_out: HashSet<String>,
-    /// Server requests delivered here, and their thread: answers are routed by it, and an
-    /// answer to anything else is ignored (spec section 8). Kept with the queue so a request is
-    /// known here before the client can possibly read it.
-    requests: HashMap<RequestId, ThreadId>,
 }
 
 impl std::fmt::Debug for Outlet {
@@ -124,6 +171,7 @@ impl std::fmt::Debug for Outlet {
         f.debug_struct("Outlet")
             .field("id", &self.id)
             .field("queued", &self.queued.load(Ordering::Relaxed))
+            .field("closed", &self.closed.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -141,24 +189,31 @@ enum Pushed {
 }
 
 impl Outlet {
-    fn lock(&self) -> std::sync::MutexGuard<'_, OutletState> {
-        self.state
+    fn requests(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, ThreadId>> {
+        self.requests
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn push(&self, msg: Outbound) -> Pushed {
-        let mut st = self.lock();
-        let Some(tx) = &st.tx else {
+        if self.closed.load(Ordering::Acquire) {
             return Pushed::Dropped;
-        };
+        }
+        let mut resolved = None;
         if let Outbound::Notification(n) = &msg {
-            if !st.opt_out.is_empty() && st.opt_out.contains(n.method()) {
+            let bit = 1u32 << n.method_index();
+            if self.opt_out.load(Ordering::Relaxed) & bit != 0 {
                 return Pushed::Queued;
+            }
+            if let Notification::ServerRequestResolved { request_id, .. } = n.as_ref() {
+                resolved = Some(*request_id);
             }
         }
         // One slot stays free for the reason of a cut-off.
-        if self.queued.load(Ordering::Acquire) + 1 >= self.capacity {
+        if self.queued.fetch_add(1, Ordering::AcqRel) + 2 > self.capacity {
+            if self.closed.swap(true, Ordering::AcqRel) {
+                return Pushed::Dropped; // someone else cut it off first
+            }
             self.metrics.dropped.inc();
             self.metrics.slow_disconnects.inc();
             let reason = format!(
@@ -166,27 +221,16 @@ impl Outlet {
                 self.capacity
             );
             tracing::warn!(connection = %self.id, "{reason}");
-            self.queued.fetch_add(1, Ordering::AcqRel);
-            let _ = tx.send(Item::new(Outbound::Disconnected { reason }));
-            st.tx = None;
+            let _ = self.tx.send(Item::new(Outbound::Disconnected { reason }));
             return Pushed::Ended;
         }
-        let resolved = match &msg {
-            Outbound::Notification(n) => match n.as_ref() {
-                Notification::ServerRequestResolved { request_id, .. } => Some(*request_id),
-                _ => None,
-            },
-            _ => None,
-        };
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        if tx.send(Item::new(msg)).is_err() {
+        if self.tx.send(Item::new(msg)).is_err() {
             // The receiver is gone: the transport closed.
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            st.tx = None;
+            self.closed.store(true, Ordering::Release);
             return Pushed::Ended;
         }
         if let Some(id) = resolved {
-            st.requests.remove(&id);
+            self.requests().remove(&id);
         }
         self.metrics.delivered.inc();
         Pushed::Queued
@@ -194,17 +238,14 @@ impl Outlet {
 
     /// Closes the queue, with `reason` as the last message if given. Idempotent.
     fn close(&self, reason: Option<String>) {
-        let mut st = self.lock();
-        if let (Some(tx), Some(reason)) = (&st.tx, reason) {
-            self.queued.fetch_add(1, Ordering::AcqRel);
-            if tx
-                .send(Item::new(Outbound::Disconnected { reason }))
-                .is_err()
-            {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
-            }
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
         }
-        st.tx = None;
+        let last = match reason {
+            Some(reason) => Item::new(Outbound::Disconnected { reason }),
+            None => Item::Closed,
+        };
+        let _ = self.tx.send(last);
     }
 }
 
@@ -231,10 +272,7 @@ impl ConnRef {
 
     /// Puts a server request from `thread` on the queue, remembering it for the answer.
     pub(crate) fn request(&self, thread: &ThreadId, request: &Arc<ServerRequest>) {
-        self.outlet
-            .lock()
-            .requests
-            .insert(request.id, thread.clone());
+        self.outlet.requests().insert(request.id, thread.clone());
         self.deliver(Outbound::Request(Arc::clone(request)));
     }
 
@@ -246,18 +284,23 @@ impl ConnRef {
     /// The connection is no longer subscribed to `thread`: it forgets the thread and the
     /// thread's requests (an answer to them is ignored from now on).
     pub(crate) fn unsubscribed(&self, thread: &ThreadId) {
-        self.outlet.lock().requests.retain(|_, t| t != thread);
+        self.outlet.requests().retain(|_, t| t != thread);
         self.addr.do_send(Unsubscribed(thread.clone()));
     }
 
     /// Which thread server request `id` delivered here came from, if it is still pending here.
     pub(crate) fn thread_of_request(&self, id: RequestId) -> Option<ThreadId> {
-        self.outlet.lock().requests.get(&id).cloned()
+        self.outlet.requests().get(&id).cloned()
     }
 
     /// Sets the notification methods this client does not want.
-    pub(crate) fn set_opt_out(&self, methods: HashSet<String>) {
-        self.outlet.lock().opt_out = methods;
+    pub(crate) fn set_opt_out(&self, methods: &HashSet<String>) {
+        let mask = METHODS
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| methods.contains(**m))
+            .fold(0u32, |mask, (i, _)| mask | 1 << i);
+        self.outlet.opt_out.store(mask, Ordering::Relaxed);
     }
 
     /// Closes the connection, with `reason` as its last message if given.
@@ -294,15 +337,16 @@ impl ConnectionActor {
         shared: Arc<Shared>,
     ) -> (ConnRef, Outbox) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let capacity = capacity.max(2);
         let outlet = Arc::new(Outlet {
             id,
-            capacity: capacity.max(2),
+            capacity,
+            release_every: (capacity / 16).clamp(1, 64),
             queued: AtomicUsize::new(0),
-            state: Mutex::new(OutletState {
-                tx: Some(tx),
-                opt_out: HashSet::new(),
-                requests: HashMap::new(),
-            }),
+            closed: AtomicBool::new(false),
+            opt_out: AtomicU32::new(0),
+            tx,
+            requests: Mutex::new(HashMap::new()),
             metrics: Arc::clone(&shared.metrics),
         });
         let addr = Self {
@@ -317,7 +361,12 @@ impl ConnectionActor {
                 addr,
                 outlet: Arc::clone(&outlet),
             },
-            Outbox { rx, outlet },
+            Outbox {
+                rx,
+                outlet,
+                taken: 0,
+                done: false,
+            },
         )
     }
 }
@@ -379,5 +428,119 @@ impl Handler<Disconnect> for ConnectionActor {
     fn handle(&mut self, msg: Disconnect, ctx: &mut Context<Self>) {
         self.outlet.close(msg.0);
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ThreadId;
+
+    /// An outlet and its outbox, without an actor.
+    fn queue(capacity: usize) -> (Arc<Outlet>, Outbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let outlet = Arc::new(Outlet {
+            id: ConnectionId(1),
+            capacity,
+            release_every: (capacity / 16).clamp(1, 64),
+            queued: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            opt_out: AtomicU32::new(0),
+            tx,
+            requests: Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::default()),
+        });
+        let outbox = Outbox {
+            rx,
+            outlet: Arc::clone(&outlet),
+            taken: 0,
+            done: false,
+        };
+        (outlet, outbox)
+    }
+
+    fn closed_note() -> Outbound {
+        Outbound::Notification(Arc::new(Notification::ThreadClosed {
+            thread_id: ThreadId::from("t"),
+        }))
+    }
+
+    #[test]
+    fn a_reader_that_keeps_up_is_never_cut_off_and_the_count_returns_to_zero() {
+        let (outlet, mut outbox) = queue(64);
+        for _ in 0..100 {
+            for _ in 0..60 {
+                assert_eq!(outlet.push(closed_note()), Pushed::Queued);
+            }
+            for _ in 0..60 {
+                assert!(outbox.try_recv().is_some());
+            }
+            assert!(outbox.try_recv().is_none());
+            assert_eq!(outlet.queued.load(Ordering::Acquire), 0);
+        }
+    }
+
+    #[test]
+    fn a_full_queue_ends_with_the_reason_and_nothing_after_it() {
+        let (outlet, mut outbox) = queue(4);
+        let pushed: Vec<Pushed> = (0..5).map(|_| outlet.push(closed_note())).collect();
+        assert_eq!(
+            pushed,
+            [
+                Pushed::Queued,
+                Pushed::Queued,
+                Pushed::Queued,
+                Pushed::Ended,
+                Pushed::Dropped
+            ]
+        );
+        // A push that checked `closed` just before the cut-off lands behind the reason.
+        let _ = outlet.tx.send(Item::new(closed_note()));
+        let mut got = Vec::new();
+        while let Some(m) = outbox.try_recv() {
+            got.push(m);
+        }
+        assert_eq!(got.len(), 4);
+        assert!(
+            matches!(&got[3], Outbound::Disconnected { reason } if reason.contains("not reading"))
+        );
+        assert!(outbox.try_recv().is_none());
+    }
+
+    #[test]
+    fn a_close_without_reason_ends_the_stream_after_what_was_queued() {
+        let (outlet, mut outbox) = queue(8);
+        outlet.push(closed_note());
+        outlet.close(None);
+        outlet.close(Some("twice".into()));
+        assert_eq!(outlet.push(closed_note()), Pushed::Dropped);
+        assert!(outbox.try_recv().is_some());
+        assert!(outbox.try_recv().is_none());
+        assert!(outbox.try_recv().is_none());
+    }
+
+    #[test]
+    fn opted_out_methods_are_filtered_and_others_pass() {
+        let (outlet, mut outbox) = queue(8);
+        let mask = METHODS
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| **m == "thread/closed")
+            .fold(0u32, |mask, (i, _)| mask | 1 << i);
+        outlet.opt_out.store(mask, Ordering::Relaxed);
+        assert_eq!(outlet.push(closed_note()), Pushed::Queued);
+        assert!(outbox.try_recv().is_none(), "thread/closed was opted out");
+        let cleared = Outbound::Notification(Arc::new(Notification::GoalCleared {
+            thread_id: ThreadId::from("t"),
+        }));
+        outlet.push(cleared);
+        assert!(outbox.try_recv().is_some());
+    }
+
+    #[test]
+    fn every_method_has_its_own_bit() {
+        assert!(METHODS.len() <= 32);
+        let unique: HashSet<&str> = METHODS.iter().copied().collect();
+        assert_eq!(unique.len(), METHODS.len());
     }
 }

@@ -453,7 +453,7 @@ impl ConnectionHandle {
     /// methods it opted out of.
     pub fn initialize(&self, opt_out: impl IntoIterator<Item = String>) {
         self.conn
-            .set_opt_out(opt_out.into_iter().collect::<HashSet<_>>());
+            .set_opt_out(&opt_out.into_iter().collect::<HashSet<_>>());
         self.shared.connections.insert(self.id, self.conn.clone());
     }
 

@@ -153,24 +153,47 @@ pub enum Notification {
     },
 }
 
+/// Every notification method, in the order of [`Notification::method_index`].
+pub(crate) const METHODS: [&str; 14] = [
+    "thread/started",
+    "thread/status/changed",
+    "thread/closed",
+    "turn/started",
+    "turn/completed",
+    "item/started",
+    "item/completed",
+    "item/agentMessage/delta",
+    "serverRequest/resolved",
+    "thread/goal/updated",
+    "thread/goal/cleared",
+    "thread/tokenUsage/updated",
+    "rawResponseItem/completed",
+    "error",
+];
+
 impl Notification {
     /// The JSON-RPC method name, used for per-connection opt-outs.
     pub fn method(&self) -> &'static str {
+        METHODS[self.method_index()]
+    }
+
+    /// The method's place in [`METHODS`]: opt-outs are kept as a bit mask of these.
+    pub(crate) fn method_index(&self) -> usize {
         match self {
-            Self::ThreadStarted { .. } => "thread/started",
-            Self::ThreadStatusChanged { .. } => "thread/status/changed",
-            Self::ThreadClosed { .. } => "thread/closed",
-            Self::TurnStarted { .. } => "turn/started",
-            Self::TurnCompleted { .. } => "turn/completed",
-            Self::ItemStarted { .. } => "item/started",
-            Self::ItemCompleted { .. } => "item/completed",
-            Self::AgentMessageDelta { .. } => "item/agentMessage/delta",
-            Self::ServerRequestResolved { .. } => "serverRequest/resolved",
-            Self::GoalUpdated { .. } => "thread/goal/updated",
-            Self::GoalCleared { .. } => "thread/goal/cleared",
-            Self::TokenUsageUpdated { .. } => "thread/tokenUsage/updated",
-            Self::RawResponseItemCompleted { .. } => "rawResponseItem/completed",
-            Self::Error { .. } => "error",
+            Self::ThreadStarted { .. } => 0,
+            Self::ThreadStatusChanged { .. } => 1,
+            Self::ThreadClosed { .. } => 2,
+            Self::TurnStarted { .. } => 3,
+            Self::TurnCompleted { .. } => 4,
+            Self::ItemStarted { .. } => 5,
+            Self::ItemCompleted { .. } => 6,
+            Self::AgentMessageDelta { .. } => 7,
+            Self::ServerRequestResolved { .. } => 8,
+            Self::GoalUpdated { .. } => 9,
+            Self::GoalCleared { .. } => 10,
+            Self::TokenUsageUpdated { .. } => 11,
+            Self::RawResponseItemCompleted { .. } => 12,
+            Self::Error { .. } => 13,
         }
     }
 }

@@ -105,9 +105,30 @@ pub trait ThreadStore: Send + Sync + 'static {
 /// An in-memory store for tests and embedding experiments. Keeps everything until dropped.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    threads: Mutex<HashMap<ThreadId, StoredThread>>,
+    threads: Mutex<HashMap<ThreadId, Row>>,
     /// When set, every write fails with this message (to test error paths).
     fail_writes: Mutex<Option<String>>,
+}
+
+/// One stored thread, with where each of its turns is: saving a turn is an upsert by id, and
+/// must not cost a scan of a long thread's every turn.
+#[derive(Debug)]
+struct Row {
+    thread: StoredThread,
+    turn_at: HashMap<String, usize>,
+}
+
+impl Row {
+    fn upsert_turn(&mut self, turn: Turn) {
+        match self.turn_at.get(&turn.id) {
+            Some(&i) => self.thread.turns[i] = turn,
+            None => {
+                self.turn_at
+                    .insert(turn.id.clone(), self.thread.turns.len());
+                self.thread.turns.push(turn);
+            }
+        }
+    }
 }
 
 impl MemoryStore {
@@ -125,7 +146,7 @@ impl MemoryStore {
         &self,
         id: &ThreadId,
         meta: Option<ThreadMeta>,
-        f: impl FnOnce(&mut StoredThread),
+        f: impl FnOnce(&mut Row),
     ) -> Result<(), StoreError> {
         if let Some(msg) = lock(&self.fail_writes).clone() {
             return Err(StoreError::Io(msg));
@@ -133,16 +154,19 @@ impl MemoryStore {
         let mut threads = lock(&self.threads);
         let entry = match (threads.get_mut(id), meta) {
             (Some(t), Some(meta)) => {
-                t.meta = meta;
+                t.thread.meta = meta;
                 t
             }
             (Some(t), None) => t,
-            (None, Some(meta)) => threads.entry(id.clone()).or_insert(StoredThread {
-                meta,
-                turns: Vec::new(),
-                usage: None,
-                goal: None,
-                last_status: None,
+            (None, Some(meta)) => threads.entry(id.clone()).or_insert(Row {
+                thread: StoredThread {
+                    meta,
+                    turns: Vec::new(),
+                    usage: None,
+                    goal: None,
+                    last_status: None,
+                },
+                turn_at: HashMap::new(),
             }),
             (None, None) => return Ok(()),
         };
@@ -168,35 +192,32 @@ impl ThreadStore for MemoryStore {
     ) -> StoreFuture<()> {
         let id = meta.id.clone();
         ready(self.write(&id, Some(meta), |t| {
-            match t.turns.iter_mut().find(|old| old.id == turn.id) {
-                Some(old) => *old = turn,
-                None => t.turns.push(turn),
-            }
+            t.upsert_turn(turn);
             if usage.is_some() {
-                t.usage = usage;
+                t.thread.usage = usage;
             }
         }))
     }
 
     fn save_goal(&self, meta: ThreadMeta, goal: Option<Goal>) -> StoreFuture<()> {
         let id = meta.id.clone();
-        ready(self.write(&id, Some(meta), |t| t.goal = goal))
+        ready(self.write(&id, Some(meta), |t| t.thread.goal = goal))
     }
 
     fn save_status(&self, id: ThreadId, status: ThreadStatus) -> StoreFuture<()> {
-        ready(self.write(&id, None, |t| t.last_status = Some(status)))
+        ready(self.write(&id, None, |t| t.thread.last_status = Some(status)))
     }
 
     fn load(&self, id: ThreadId) -> StoreFuture<Option<StoredThread>> {
-        ready(Ok(lock(&self.threads).get(&id).cloned()))
+        ready(Ok(lock(&self.threads).get(&id).map(|t| t.thread.clone())))
     }
 
     fn list(&self, query: ListQuery) -> StoreFuture<ThreadPage> {
         let threads = lock(&self.threads);
         let metas: Vec<ThreadMeta> = threads
             .values()
-            .filter(|t| !t.turns.is_empty())
-            .map(|t| t.meta.clone())
+            .filter(|t| !t.thread.turns.is_empty())
+            .map(|t| t.thread.meta.clone())
             .collect();
         drop(threads);
         ready(Ok(page(metas, &query)))

@@ -593,7 +593,9 @@ impl ThreadActor {
             .as_deref()
             .filter(|u| u.turn_id == turn.id)
             .cloned();
-        match self.history.iter_mut().find(|t| t.id == turn.id) {
+        // Turn ids are fresh per turn: only the latest entry can be this turn (a long thread
+        // must not pay a scan of its history per turn).
+        match self.history.last_mut().filter(|t| t.id == turn.id) {
             Some(old) => *old = turn.clone(),
             None => self.history.push(turn.clone()),
         }
