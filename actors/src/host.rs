@@ -521,6 +521,18 @@ impl ConnectionHandle {
     ) -> Result<ThreadSnapshot, HostError> {
         let cfg = &self.shared.config;
         let deadline = tokio::time::Instant::now() + cfg.shutdown_timeout + cfg.resume_wait_margin;
+        // A loaded thread takes the resume straight away, without a reservation: its mailbox
+        // orders the resume against its own unload (a claim holds the mailbox until the
+        // registry answers, and a thread that is closing refuses). Refused or gone, the resume
+        // goes the registry's way below, which waits out a teardown and loads cold.
+        if let Some(addr) = self.loaded(id) {
+            match tokio::time::timeout_at(deadline, addr.send(self.resume_msg(exclude_turns))).await
+            {
+                Ok(Ok(Err(HostError::Closing(_)))) | Ok(Err(_)) => {}
+                Ok(Ok(r)) => return r,
+                Err(_) => return Err(HostError::ClosingResume(id.clone())),
+            }
+        }
         let registry = self.shared.registry();
         loop {
             let reservation = tokio::time::timeout_at(deadline, registry.send(Reserve(id.clone())))
@@ -543,13 +555,8 @@ impl ConnectionHandle {
                     }
                 },
             };
-            let msg = Resume {
-                conn: self.id,
-                addr: self.conn.clone(),
-                exclude_turns,
-                reply: self.reply.clone(),
-            };
-            let r = tokio::time::timeout_at(deadline, addr.send(msg)).await;
+            let r =
+                tokio::time::timeout_at(deadline, addr.send(self.resume_msg(exclude_turns))).await;
             registry.do_send(Release(id.clone()));
             match r {
                 Ok(Ok(Err(HostError::Closing(_)))) | Ok(Err(_)) => {
@@ -589,6 +596,15 @@ impl ConnectionHandle {
         });
         let _ = tokio::time::timeout(bound, rx).await;
         Ok(addr)
+    }
+
+    fn resume_msg(&self, exclude_turns: bool) -> Resume {
+        Resume {
+            conn: self.id,
+            addr: self.conn.clone(),
+            exclude_turns,
+            reply: self.reply.clone(),
+        }
     }
 
     fn loaded(&self, id: &ThreadId) -> Option<Addr<ThreadActor>> {

@@ -553,7 +553,7 @@ async fn thread_close_interrupts_a_running_turn_and_answers_after_thread_closed(
 #[actix::test]
 async fn an_admitted_resume_is_never_lost_to_a_concurrent_unload() {
     tokio::time::pause();
-    for yields in 0..8 {
+    for yields in 0..16 {
         let (host, _, _) = test_host(DELAY);
         let mut a = Probe::connect(&host);
         let id = a.start_thread().await;
