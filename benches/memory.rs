@@ -25,6 +25,11 @@ use common::{pick, record, rss_bytes, say, StampAgents};
 const PER_CONNECTION: usize = 1000;
 const BATCH: usize = 1000;
 
+/// `--features bench-mimalloc`: allocate with mimalloc, as the server binary does.
+#[cfg(feature = "bench-mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {

@@ -659,6 +659,11 @@ fn all_ids() -> Vec<String> {
     ids
 }
 
+/// `--features bench-mimalloc`: every peer allocates with mimalloc, as the server binary does.
+#[cfg(feature = "bench-mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // Each benchmark runs in a fresh process of its own (this binary, re-run with an exact
     // filter), so that no peer inherits another's heap, tasks or threads, and the order in
