@@ -526,7 +526,7 @@ impl ThreadActor {
         let tctx = TurnContext::new(Arc::clone(&shared_id), tx.clone());
         let tinput = TurnInput {
             thread_id: self.id().clone(),
-            turn_id: turn_id.clone(),
+            turn_id,
             input,
             cwd: self.meta.cwd.clone(),
         };
