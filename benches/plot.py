@@ -11,6 +11,7 @@ time; default: only the latest value), from full runs unless `--short` is given,
 - on stdout, Markdown tables with the ratios of threadhost to both peers.
 
 Usage: python3 benches/plot.py [--results PATH] [--svg PATH] [--short] [--since UNIX]
+                              [--allocator system|mimalloc]
 """
 
 import argparse
@@ -23,8 +24,10 @@ PEERS = ["raw-actix", "mutex-map", "threadhost"]
 COLORS = {"raw-actix": "#7f7f7f", "mutex-map": "#d62728", "threadhost": "#1f77b4"}
 
 
-def load(path, short, since):
-    """{key: record with "value" = median and "values" = every value, in run order}."""
+def load(path, short, since, allocator="system"):
+    """{key: record with "value" = median and "values" = every value, in run order}.
+
+    Only records of one allocator (records without the field were made with the system's)."""
     runs = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -33,6 +36,8 @@ def load(path, short, since):
                 continue
             r = json.loads(line)
             if bool(r.get("short")) != short:
+                continue
+            if r.get("allocator", "system") != allocator:
                 continue
             key = (r["workload"], r["peer"], r["param"], r["metric"])
             runs.setdefault(key, []).append(r)
@@ -226,10 +231,12 @@ def main():
     ap.add_argument("--svg", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.svg"))
     ap.add_argument("--short", action="store_true", help="use the short-mode (smoke) results")
     ap.add_argument("--since", type=int, help="median of every value recorded since this Unix time")
+    ap.add_argument("--allocator", default="system", choices=["system", "mimalloc"],
+                    help="results of benches built with this allocator (mimalloc: --features bench-mimalloc)")
     args = ap.parse_args()
     if not os.path.exists(args.results):
         sys.exit(f"no results at {args.results}: run `cargo bench` first (or pass --results)")
-    data = load(args.results, args.short, args.since)
+    data = load(args.results, args.short, args.since, args.allocator)
     if not data:
         sys.exit(f"no {'short' if args.short else 'full'}-mode results in {args.results}")
     svg(data, args.svg)

@@ -391,6 +391,7 @@ pub fn record(workload: &str, peer: &str, param: u64, metric: &str, value: f64, 
         "value": value,
         "unit": unit,
         "short": short(),
+        "allocator": if cfg!(feature = "bench-mimalloc") { "mimalloc" } else { "system" },
         "load": load_average(),
         "unix": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
