@@ -189,6 +189,40 @@ enum Pushed {
 }
 
 impl Outlet {
+    /// A new queue: its shared sending side and its receiving end.
+    fn open(id: ConnectionId, capacity: usize, metrics: Arc<Metrics>) -> (Arc<Self>, Outbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let capacity = capacity.max(2);
+        let outlet = Arc::new(Self {
+            id,
+            capacity,
+            release_every: (capacity / 16).clamp(1, 64),
+            queued: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            opt_out: AtomicU32::new(0),
+            tx,
+            requests: Mutex::new(HashMap::new()),
+            metrics,
+        });
+        let outbox = Outbox {
+            rx,
+            outlet: Arc::clone(&outlet),
+            taken: 0,
+            done: false,
+        };
+        (outlet, outbox)
+    }
+
+    /// Sets the notification methods this client does not want.
+    fn set_opt_out(&self, methods: &HashSet<String>) {
+        let mask = METHODS
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| methods.contains(**m))
+            .fold(0u32, |mask, (i, _)| mask | 1 << i);
+        self.opt_out.store(mask, Ordering::Relaxed);
+    }
+
     fn requests(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, ThreadId>> {
         self.requests
             .lock()
@@ -295,12 +329,7 @@ impl ConnRef {
 
     /// Sets the notification methods this client does not want.
     pub(crate) fn set_opt_out(&self, methods: &HashSet<String>) {
-        let mask = METHODS
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| methods.contains(**m))
-            .fold(0u32, |mask, (i, _)| mask | 1 << i);
-        self.outlet.opt_out.store(mask, Ordering::Relaxed);
+        self.outlet.set_opt_out(methods);
     }
 
     /// Closes the connection, with `reason` as its last message if given.
@@ -336,19 +365,7 @@ impl ConnectionActor {
         capacity: usize,
         shared: Arc<Shared>,
     ) -> (ConnRef, Outbox) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let capacity = capacity.max(2);
-        let outlet = Arc::new(Outlet {
-            id,
-            capacity,
-            release_every: (capacity / 16).clamp(1, 64),
-            queued: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
-            opt_out: AtomicU32::new(0),
-            tx,
-            requests: Mutex::new(HashMap::new()),
-            metrics: Arc::clone(&shared.metrics),
-        });
+        let (outlet, outbox) = Outlet::open(id, capacity, Arc::clone(&shared.metrics));
         let addr = Self {
             id,
             outlet: Arc::clone(&outlet),
@@ -356,18 +373,7 @@ impl ConnectionActor {
             shared,
         }
         .start();
-        (
-            ConnRef {
-                addr,
-                outlet: Arc::clone(&outlet),
-            },
-            Outbox {
-                rx,
-                outlet,
-                taken: 0,
-                done: false,
-            },
-        )
+        (ConnRef { addr, outlet }, outbox)
     }
 }
 
@@ -438,25 +444,7 @@ mod tests {
 
     /// An outlet and its outbox, without an actor.
     fn queue(capacity: usize) -> (Arc<Outlet>, Outbox) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let outlet = Arc::new(Outlet {
-            id: ConnectionId(1),
-            capacity,
-            release_every: (capacity / 16).clamp(1, 64),
-            queued: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
-            opt_out: AtomicU32::new(0),
-            tx,
-            requests: Mutex::new(HashMap::new()),
-            metrics: Arc::new(Metrics::default()),
-        });
-        let outbox = Outbox {
-            rx,
-            outlet: Arc::clone(&outlet),
-            taken: 0,
-            done: false,
-        };
-        (outlet, outbox)
+        Outlet::open(ConnectionId(1), capacity, Arc::new(Metrics::default()))
     }
 
     fn closed_note() -> Outbound {
@@ -522,12 +510,10 @@ mod tests {
     #[test]
     fn opted_out_methods_are_filtered_and_others_pass() {
         let (outlet, mut outbox) = queue(8);
-        let mask = METHODS
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| **m == "thread/closed")
-            .fold(0u32, |mask, (i, _)| mask | 1 << i);
-        outlet.opt_out.store(mask, Ordering::Relaxed);
+        outlet.set_opt_out(&HashSet::from([
+            "thread/closed".to_owned(),
+            "no/such".to_owned(),
+        ]));
         assert_eq!(outlet.push(closed_note()), Pushed::Queued);
         assert!(outbox.try_recv().is_none(), "thread/closed was opted out");
         let cleared = Outbound::Notification(Arc::new(Notification::GoalCleared {
