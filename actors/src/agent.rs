@@ -11,12 +11,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::error::AgentError;
 use crate::ids::ThreadId;
 use crate::model::{ThreadItem, TokenUsageBreakdown, TurnError, UserInput};
-use crate::thread::{AgentEventKind, TurnEvent};
+use crate::thread::{AgentEventKind, TurnEvent, TurnSender};
 
 /// A boxed future that stays on the thread's arbiter (agents need not be `Send`).
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -102,7 +102,7 @@ pub struct TurnContext {
 
 /// What every clone of one turn's [`TurnContext`] shares.
 struct TurnLink {
-    tx: mpsc::UnboundedSender<TurnEvent>,
+    tx: TurnSender,
     turn_id: Arc<str>,
     /// The id of the item the last delta went to, shared with the notifications: a stream of
     /// deltas to one item allocates its id once, not once per delta.
@@ -127,7 +127,7 @@ pub struct RequestCancelled;
 
 impl TurnContext {
     /// A context whose events go to `tx`.
-    pub(crate) fn new(turn_id: Arc<str>, tx: mpsc::UnboundedSender<TurnEvent>) -> Self {
+    pub(crate) fn new(turn_id: Arc<str>, tx: TurnSender) -> Self {
         Self {
             link: Arc::new(TurnLink {
                 tx,
@@ -143,8 +143,8 @@ impl TurnContext {
     }
 
     fn emit(&self, kind: AgentEventKind) {
-        // An error means the turn ended and its channel is gone: the event is stale.
-        let _ = self.link.tx.send(TurnEvent::Agent(kind));
+        // Dropped if the turn already ended: the event is stale.
+        self.link.tx.send(TurnEvent::Agent(kind));
     }
 
     fn item_id(&self, id: &str) -> Arc<str> {

@@ -30,15 +30,15 @@
 //! thread.
 
 mod clock;
+mod events;
 mod status;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::agent::{Agent, TurnContext, TurnInput};
@@ -58,6 +58,8 @@ use crate::store::{settle_turns, StoredThread, UsageRecord};
 use crate::supervision::{panic_message, CatchUnwind, RestartWindow};
 
 use clock::IdleClock;
+use events::turn_queue;
+pub(crate) use events::TurnSender;
 use status::StatusFacts;
 
 /// Method of a command-approval server request; it sets `waitingOnApproval`.
@@ -104,7 +106,7 @@ struct ActiveTurn {
     open: Vec<ThreadItem>,
     /// The agent's task; aborting it interrupts the turn.
     task: tokio::task::JoinHandle<()>,
-    /// Which [`TurnEvents`] stream is this turn's: events of any other are stale.
+    /// Which `TurnEvents` stream is this turn's: events of any other are stale.
     stream: u64,
     /// That stream in the actor's context; cancelled when the turn ends.
     events: SpawnHandle,
@@ -521,8 +523,8 @@ impl ThreadActor {
 
         // The agent's events, and the end of its task, come back on a channel of this turn's
         // own, drained by the actor as a stream: no actor message per event.
-        let (tx, rx) = mpsc::unbounded_channel();
-        let stream = TurnEvents::next_id();
+        let (tx, rx) = turn_queue();
+        let stream = rx.id();
         let tctx = TurnContext::new(Arc::clone(&shared_id), tx.clone());
         let tinput = TurnInput {
             thread_id: self.id().clone(),
@@ -537,9 +539,9 @@ impl ThreadActor {
             let outcome = CatchUnwind(fut).await;
             drop(task_guard);
             // After every event the future emitted: the channel keeps the order.
-            let _ = tx.send(TurnEvent::Finished(outcome));
+            tx.send(TurnEvent::Finished(outcome));
         });
-        let events = ctx.add_stream(TurnEvents { rx, stream });
+        let events = ctx.add_stream(rx);
         self.active = Some(Box::new(ActiveTurn {
             turn: active_turn,
             id: shared_id,
@@ -1237,36 +1239,10 @@ pub(crate) enum AgentEventKind {
     },
 }
 
-/// One turn's events as a stream of the actor's context, each tagged with the stream's id.
-///
-/// The tag is what makes events of an ended turn stale: cancelling a stream takes effect when
-/// the context next cleans up, which may be after it was polled once more, by which time
-/// another turn may have started.
-struct TurnEvents {
-    rx: mpsc::UnboundedReceiver<TurnEvent>,
-    stream: u64,
-}
-
-impl TurnEvents {
-    /// A host-wide unique stream id.
-    fn next_id() -> u64 {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    }
-}
-
-impl Stream for TurnEvents {
-    type Item = (u64, TurnEvent);
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let stream = self.stream;
-        self.rx.poll_recv(cx).map(|ev| ev.map(|ev| (stream, ev)))
-    }
-}
-
+// A turn's events reach the actor as a stream of its context (`events::TurnEvents`), each tagged with
+// the stream's id. The tag is what makes events of an ended turn stale: cancelling a stream
+// takes effect when the context next cleans up, which may be after it was polled once more, by
+// which time another turn may have started.
 impl StreamHandler<(u64, TurnEvent)> for ThreadActor {
     fn handle(&mut self, (stream, ev): (u64, TurnEvent), ctx: &mut Context<Self>) {
         if self.active.as_ref().is_none_or(|a| a.stream != stream) {
