@@ -7,7 +7,7 @@
 //! turn's event channel. One task processes both, one item at a time: nothing is locked.
 //!
 //! **Messages.** Client commands ([`Resume`], [`Unsubscribe`], [`Read`], [`StartTurn`],
-//! [`Interrupt`], [`AnswerRequest`], [`SetGoal`], [`GetGoal`], [`ClearGoal`], [`Close`]), the
+//! [`Interrupt`], [`AnswerRequest`], [`SetGoal`], [`GetGoal`], [`ClearGoal`], [`Close`]) and
 //! bookkeeping ([`ConnectionClosed`]). The agent's events arrive on a channel of the turn's own
 //! ([`TurnEvent`]), drained as a stream of the actor's context.
 //! Handlers are synchronous; the two waits that must hold the mailbox (the registry's answer to
@@ -20,7 +20,8 @@
 //! to claim the unload. The teardown (section 6) ends in one of three outcomes; only `Complete`
 //! stops the actor. A panic in a handler or in the agent restarts the thread in place
 //! (section 7): subscribers, history, goal and usage are kept; the turn in flight fails; the
-//! agent is rebuilt; the generation moves on so stale timers and events do nothing.
+//! agent is rebuilt; the generation moves on so stale timers do nothing, and the failed turn's
+//! event stream is dropped so its late events reach nobody.
 //!
 //! **Guarantees.** Subscribers see thread events in the order the actor processed them. A warm
 //! resume's response, usage, goal snapshot and request replays reach the resuming connection
@@ -131,8 +132,8 @@ pub(crate) struct ThreadActor {
     agent: Box<dyn Agent>,
     /// Connections subscribed to thread events.
     subscribers: HashMap<ConnectionId, ConnRef>,
-    /// Listener generation: moves on at every restart. Timers and agent events carry the
-    /// generation they were made in and do nothing when it is stale.
+    /// Listener generation: moves on at every restart. Timers carry the generation they were
+    /// made in and do nothing when it is stale (agent events carry their turn's stream id).
     generation: u64,
     /// Completed turns, oldest first (what the store has).
     history: Vec<Turn>,
