@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
@@ -97,24 +97,8 @@ pub trait AgentFactory: Send + Sync + 'static {
 /// agent may hand it to tasks of its own.
 #[derive(Clone, Debug)]
 pub struct TurnContext {
-    link: Arc<TurnLink>,
-}
-
-/// What every clone of one turn's [`TurnContext`] shares.
-struct TurnLink {
     tx: TurnSender,
     turn_id: Arc<str>,
-    /// The id of the item the last delta went to, shared with the notifications: a stream of
-    /// deltas to one item allocates its id once, not once per delta.
-    last_item: Mutex<Option<Arc<str>>>,
-}
-
-impl std::fmt::Debug for TurnLink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TurnLink")
-            .field("turn_id", &self.turn_id)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The answer a client gave to a server request.
@@ -128,39 +112,17 @@ pub struct RequestCancelled;
 impl TurnContext {
     /// A context whose events go to `tx`.
     pub(crate) fn new(turn_id: Arc<str>, tx: TurnSender) -> Self {
-        Self {
-            link: Arc::new(TurnLink {
-                tx,
-                turn_id,
-                last_item: Mutex::new(None),
-            }),
-        }
+        Self { tx, turn_id }
     }
 
     /// The turn's id.
     pub fn turn_id(&self) -> &str {
-        &self.link.turn_id
+        &self.turn_id
     }
 
     fn emit(&self, kind: AgentEventKind) {
         // Dropped if the turn already ended: the event is stale.
-        self.link.tx.send(TurnEvent::Agent(kind));
-    }
-
-    fn item_id(&self, id: &str) -> Arc<str> {
-        let mut last = self
-            .link
-            .last_item
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match &*last {
-            Some(known) if **known == *id => Arc::clone(known),
-            _ => {
-                let fresh: Arc<str> = Arc::from(id);
-                *last = Some(Arc::clone(&fresh));
-                fresh
-            }
-        }
+        self.tx.send(TurnEvent::Agent(kind));
     }
 
     /// An item began (`item/started`).
@@ -172,10 +134,7 @@ impl TurnContext {
     /// value when the agent owns it (a model stream's chunk usually is a `String`), so it is
     /// moved into the notification rather than copied; `&str` works too.
     pub fn agent_message_delta(&self, item_id: &str, delta: impl Into<String>) {
-        self.emit(AgentEventKind::Delta {
-            item_id: self.item_id(item_id),
-            delta: delta.into(),
-        });
+        self.tx.send_delta(item_id, delta.into());
     }
 
     /// An item ended (`item/completed`); the final item is what is stored.

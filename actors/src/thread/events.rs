@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 
 use actix::prelude::Stream;
 
-use super::TurnEvent;
+use super::{AgentEventKind, TurnEvent};
 
 struct Queue {
     /// Events not yet taken by the actor.
@@ -25,6 +25,9 @@ struct Queue {
     waker: Option<Waker>,
     /// The actor dropped its side (the turn ended): later events are dropped at once.
     closed: bool,
+    /// The id of the item the last delta went to, shared with the notifications: a stream of
+    /// deltas to one item allocates its id once, not once per delta.
+    last_item: Option<Arc<str>>,
 }
 
 type Shared = Arc<Mutex<Queue>>;
@@ -40,6 +43,7 @@ pub(crate) fn turn_queue() -> (TurnSender, TurnEvents) {
         events: VecDeque::new(),
         waker: None,
         closed: false,
+        last_item: None,
     }));
     let stream = NEXT.fetch_add(1, Ordering::Relaxed);
     (TurnSender(Arc::clone(&q)), TurnEvents { queue: q, stream })
@@ -58,10 +62,35 @@ impl std::fmt::Debug for TurnSender {
 impl TurnSender {
     /// Queues `ev` for the actor; drops it if the turn already ended.
     pub(crate) fn send(&self, ev: TurnEvent) {
-        let mut q = lock(&self.0);
+        let q = lock(&self.0);
         if q.closed {
             return; // `ev` drops after the lock is released (a request's answer sender, say)
         }
+        Self::push(q, ev);
+    }
+
+    /// Queues a delta to `item_id`, sharing the id with the previous delta's if it is the same
+    /// item (one lock for both).
+    pub(crate) fn send_delta(&self, item_id: &str, delta: String) {
+        let mut q = lock(&self.0);
+        if q.closed {
+            return;
+        }
+        let item_id = match &q.last_item {
+            Some(known) if **known == *item_id => Arc::clone(known),
+            _ => {
+                let fresh: Arc<str> = Arc::from(item_id);
+                q.last_item = Some(Arc::clone(&fresh));
+                fresh
+            }
+        };
+        Self::push(
+            q,
+            TurnEvent::Agent(AgentEventKind::Delta { item_id, delta }),
+        );
+    }
+
+    fn push(mut q: MutexGuard<'_, Queue>, ev: TurnEvent) {
         q.events.push_back(ev);
         let waker = q.waker.take();
         drop(q);
@@ -115,7 +144,6 @@ impl Drop for TurnEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::thread::AgentEventKind;
 
     fn delta(text: &str) -> TurnEvent {
         TurnEvent::Agent(AgentEventKind::Delta {
@@ -183,6 +211,26 @@ mod tests {
             asked.try_recv(),
             Err(tokio::sync::oneshot::error::TryRecvError::Closed)
         ));
+    }
+
+    #[test]
+    fn deltas_to_one_item_share_its_id_and_a_new_item_gets_its_own() {
+        let (tx, mut rx) = turn_queue();
+        tx.send_delta("a", "1".into());
+        tx.send_delta("a", "2".into());
+        tx.send_delta("b", "3".into());
+        let waker = Waker::from(Arc::new(Woken::default()));
+        let mut cx = Context::from_waker(&waker);
+        let mut ids = Vec::new();
+        while let Poll::Ready(Some((_, ev))) = Pin::new(&mut rx).poll_next(&mut cx) {
+            match ev {
+                TurnEvent::Agent(AgentEventKind::Delta { item_id, .. }) => ids.push(item_id),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ids.len(), 3);
+        assert!(Arc::ptr_eq(&ids[0], &ids[1]), "one allocation for item a");
+        assert_eq!(&*ids[2], "b");
     }
 
     #[test]
