@@ -235,12 +235,16 @@ impl Outlet {
         }
         let mut resolved = None;
         if let Outbound::Notification(n) = &msg {
-            let bit = 1u32 << n.method_index();
-            if self.opt_out.load(Ordering::Relaxed) & bit != 0 {
-                return Pushed::Queued;
-            }
             if let Notification::ServerRequestResolved { request_id, .. } = n.as_ref() {
                 resolved = Some(*request_id);
+            }
+            let bit = 1u32 << n.method_index();
+            if self.opt_out.load(Ordering::Relaxed) & bit != 0 {
+                // The request is over whether or not the client hears of it.
+                if let Some(id) = resolved {
+                    self.requests().remove(&id);
+                }
+                return Pushed::Queued;
             }
         }
         // One slot stays free for the reason of a cut-off.
@@ -521,6 +525,21 @@ mod tests {
         }));
         outlet.push(cleared);
         assert!(outbox.try_recv().is_some());
+    }
+
+    #[test]
+    fn a_resolved_request_is_forgotten_also_by_a_client_that_opted_out_of_resolved() {
+        let (outlet, mut outbox) = queue(8);
+        outlet.set_opt_out(&HashSet::from(["serverRequest/resolved".to_owned()]));
+        outlet.requests().insert(RequestId(7), ThreadId::from("t"));
+        outlet.push(Outbound::Notification(Arc::new(
+            Notification::ServerRequestResolved {
+                thread_id: ThreadId::from("t"),
+                request_id: RequestId(7),
+            },
+        )));
+        assert!(outbox.try_recv().is_none(), "opted out");
+        assert!(outlet.requests().is_empty(), "no stale record left behind");
     }
 
     #[test]

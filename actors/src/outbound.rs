@@ -232,3 +232,106 @@ pub enum Outbound {
         reason: String,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::GoalStatus;
+
+    /// One notification of every method, in the order of [`METHODS`].
+    fn one_of_each() -> Vec<Notification> {
+        let thread_id = ThreadId::from("t");
+        let turn_id: Arc<str> = Arc::from("u");
+        let item = ThreadItem::AgentMessage {
+            id: "i".into(),
+            text: String::new(),
+        };
+        let goal = Goal {
+            thread_id: thread_id.clone(),
+            objective: "o".into(),
+            status: GoalStatus::Active,
+            token_budget: None,
+            tokens_used: 0,
+            time_used_seconds: 0,
+            created_at: 0,
+            updated_at: 0,
+        };
+        vec![
+            Notification::ThreadStarted {
+                thread: serde_json::json!({}),
+            },
+            Notification::ThreadStatusChanged {
+                thread_id: thread_id.clone(),
+                status: ThreadStatus::Idle,
+            },
+            Notification::ThreadClosed {
+                thread_id: thread_id.clone(),
+            },
+            Notification::TurnStarted {
+                thread_id: thread_id.clone(),
+                turn: Turn::started("u".into()),
+            },
+            Notification::TurnCompleted {
+                thread_id: thread_id.clone(),
+                turn: Turn::started("u".into()),
+            },
+            Notification::ItemStarted {
+                thread_id: thread_id.clone(),
+                turn_id: Arc::clone(&turn_id),
+                item: item.clone(),
+                started_at_ms: 0,
+            },
+            Notification::ItemCompleted {
+                thread_id: thread_id.clone(),
+                turn_id: Arc::clone(&turn_id),
+                item,
+                completed_at_ms: 0,
+            },
+            Notification::AgentMessageDelta {
+                thread_id: thread_id.clone(),
+                turn_id: Arc::clone(&turn_id),
+                item_id: Arc::from("i"),
+                delta: "d".into(),
+            },
+            Notification::ServerRequestResolved {
+                thread_id: thread_id.clone(),
+                request_id: RequestId(1),
+            },
+            Notification::GoalUpdated {
+                thread_id: thread_id.clone(),
+                turn_id: None,
+                goal,
+            },
+            Notification::GoalCleared {
+                thread_id: thread_id.clone(),
+            },
+            Notification::TokenUsageUpdated {
+                thread_id: thread_id.clone(),
+                turn_id: Arc::clone(&turn_id),
+                token_usage: TokenUsage::default(),
+            },
+            Notification::RawResponseItemCompleted {
+                thread_id: thread_id.clone(),
+                turn_id: Arc::clone(&turn_id),
+                item: serde_json::json!({}),
+            },
+            Notification::Error {
+                thread_id,
+                turn_id,
+                error: TurnError::new("e"),
+                will_retry: false,
+            },
+        ]
+    }
+
+    #[test]
+    fn the_method_table_names_what_each_notification_serializes_as() {
+        let all = one_of_each();
+        assert_eq!(all.len(), METHODS.len(), "one of each method");
+        for (i, n) in all.iter().enumerate() {
+            let wire = serde_json::to_value(n).unwrap();
+            assert_eq!(wire["method"], n.method(), "{n:?}");
+            assert_eq!(n.method_index(), i, "{n:?}");
+        }
+    }
+}
