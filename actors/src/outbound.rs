@@ -48,7 +48,7 @@ pub enum Notification {
         /// Which thread.
         thread_id: ThreadId,
         /// The turn (without items).
-        turn: Turn,
+        turn: Box<Turn>,
     },
     /// A turn ended; its items and usage are already durable.
     #[serde(rename = "turn/completed", rename_all = "camelCase")]
@@ -56,7 +56,7 @@ pub enum Notification {
         /// Which thread.
         thread_id: ThreadId,
         /// The turn with its final status.
-        turn: Turn,
+        turn: Box<Turn>,
     },
     /// An item began.
     #[serde(rename = "item/started", rename_all = "camelCase")]
@@ -66,7 +66,7 @@ pub enum Notification {
         /// Which turn.
         turn_id: Arc<str>,
         /// The item as it starts.
-        item: ThreadItem,
+        item: Box<ThreadItem>,
         /// Unix milliseconds.
         started_at_ms: i64,
     },
@@ -78,7 +78,7 @@ pub enum Notification {
         /// Which turn.
         turn_id: Arc<str>,
         /// The final item.
-        item: ThreadItem,
+        item: Box<ThreadItem>,
         /// Unix milliseconds.
         completed_at_ms: i64,
     },
@@ -110,7 +110,7 @@ pub enum Notification {
         /// The turn that changed it; `null` for client changes and snapshots.
         turn_id: Option<String>,
         /// The goal.
-        goal: Goal,
+        goal: Box<Goal>,
     },
     /// A goal was cleared (broadcast).
     #[serde(rename = "thread/goal/cleared", rename_all = "camelCase")]
@@ -126,7 +126,7 @@ pub enum Notification {
         /// The turn it belongs to.
         turn_id: Arc<str>,
         /// Totals and last turn.
-        token_usage: TokenUsage,
+        token_usage: Box<TokenUsage>,
     },
     /// A raw model response item (experimental in Codex); only for threads started with
     /// raw events on.
@@ -152,6 +152,12 @@ pub enum Notification {
         will_retry: bool,
     },
 }
+
+// A notification is allocated once per event (in an `Arc`, 16 bytes more) and usually freed by
+// another OS thread (the connection's). glibc frees chunks of up to 128 bytes to lock-free fast
+// bins; larger ones take the allocating thread's arena lock, which a thread emitting events then
+// waits on. So the big payloads are boxed and the common variants stay small.
+const _: () = assert!(std::mem::size_of::<Notification>() + 16 <= 120);
 
 /// Every notification method, in the order of [`Notification::method_index`].
 pub(crate) const METHODS: [&str; 14] = [
@@ -269,22 +275,22 @@ mod tests {
             },
             Notification::TurnStarted {
                 thread_id: thread_id.clone(),
-                turn: Turn::started("u".into()),
+                turn: Box::new(Turn::started("u".into())),
             },
             Notification::TurnCompleted {
                 thread_id: thread_id.clone(),
-                turn: Turn::started("u".into()),
+                turn: Box::new(Turn::started("u".into())),
             },
             Notification::ItemStarted {
                 thread_id: thread_id.clone(),
                 turn_id: Arc::clone(&turn_id),
-                item: item.clone(),
+                item: Box::new(item.clone()),
                 started_at_ms: 0,
             },
             Notification::ItemCompleted {
                 thread_id: thread_id.clone(),
                 turn_id: Arc::clone(&turn_id),
-                item,
+                item: Box::new(item),
                 completed_at_ms: 0,
             },
             Notification::AgentMessageDelta {
@@ -300,7 +306,7 @@ mod tests {
             Notification::GoalUpdated {
                 thread_id: thread_id.clone(),
                 turn_id: None,
-                goal,
+                goal: Box::new(goal),
             },
             Notification::GoalCleared {
                 thread_id: thread_id.clone(),
@@ -308,7 +314,7 @@ mod tests {
             Notification::TokenUsageUpdated {
                 thread_id: thread_id.clone(),
                 turn_id: Arc::clone(&turn_id),
-                token_usage: TokenUsage::default(),
+                token_usage: Box::default(),
             },
             Notification::RawResponseItemCompleted {
                 thread_id: thread_id.clone(),

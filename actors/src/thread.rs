@@ -499,7 +499,7 @@ impl ThreadActor {
         }
         self.to_subscribers(Notification::TurnStarted {
             thread_id: self.id().clone(),
-            turn: turn.clone(),
+            turn: Box::new(turn.clone()),
         });
         let user = ThreadItem::UserMessage {
             id: format!("{turn_id}-user"),
@@ -510,13 +510,13 @@ impl ThreadActor {
         self.to_subscribers(Notification::ItemStarted {
             thread_id: self.id().clone(),
             turn_id: Arc::clone(&shared_id),
-            item: user.clone(),
+            item: Box::new(user.clone()),
             started_at_ms: now_ms,
         });
         self.to_subscribers(Notification::ItemCompleted {
             thread_id: self.id().clone(),
             turn_id: Arc::clone(&shared_id),
-            item: user.clone(),
+            item: Box::new(user.clone()),
             completed_at_ms: now_ms,
         });
         let mut active_turn = turn.clone();
@@ -621,7 +621,10 @@ impl ThreadActor {
                     will_retry: false,
                 });
             }
-            act.to_subscribers(Notification::TurnCompleted { thread_id, turn });
+            act.to_subscribers(Notification::TurnCompleted {
+                thread_id,
+                turn: Box::new(turn),
+            });
             act.refresh(ctx);
         }));
     }
@@ -637,8 +640,7 @@ impl ThreadActor {
         let turn_id = Arc::clone(&active.id);
         match kind {
             AgentEventKind::ItemStarted(item) => {
-                let item = *item;
-                active.open.push(item.clone());
+                active.open.push(ThreadItem::clone(&item));
                 self.to_subscribers(Notification::ItemStarted {
                     thread_id,
                     turn_id,
@@ -660,9 +662,8 @@ impl ThreadActor {
                 });
             }
             AgentEventKind::ItemCompleted(item) => {
-                let item = *item;
                 active.open.retain(|i| i.id() != item.id());
-                active.turn.items.push(item.clone());
+                active.turn.items.push(ThreadItem::clone(&item));
                 self.to_subscribers(Notification::ItemCompleted {
                     thread_id,
                     turn_id,
@@ -695,7 +696,7 @@ impl ThreadActor {
                 self.to_subscribers(Notification::TokenUsageUpdated {
                     thread_id,
                     turn_id,
-                    token_usage: usage,
+                    token_usage: Box::new(usage),
                 });
             }
             AgentEventKind::RawItem(item) => {
@@ -921,7 +922,7 @@ impl Handler<Resume> for ThreadActor {
                     Notification::TokenUsageUpdated {
                         thread_id: id.clone(),
                         turn_id: Arc::from(u.turn_id.as_str()),
-                        token_usage: u.usage,
+                        token_usage: Box::new(u.usage),
                     },
                 )));
             }
@@ -929,7 +930,7 @@ impl Handler<Resume> for ThreadActor {
                 Some(goal) => Notification::GoalUpdated {
                     thread_id: id.clone(),
                     turn_id: None,
-                    goal: Goal::clone(goal),
+                    goal: Box::new(Goal::clone(goal)),
                 },
                 None => Notification::GoalCleared {
                     thread_id: id.clone(),
@@ -1152,7 +1153,7 @@ pub(crate) fn announce_goal_set(shared: &Shared, reply: Option<ReplyTo>, goal: &
     shared.broadcast(&Arc::new(Notification::GoalUpdated {
         thread_id: goal.thread_id.clone(),
         turn_id: None,
-        goal: goal.clone(),
+        goal: Box::new(goal.clone()),
     }));
 }
 

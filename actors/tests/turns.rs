@@ -62,10 +62,10 @@ async fn the_first_answer_wins_and_later_answers_change_nothing() {
     let msgs = a.drain_messages().await;
     let completed = msgs.iter().find_map(|m| match m {
         Outbound::Notification(n) => match n.as_ref() {
-            Notification::ItemCompleted {
-                item: ThreadItem::CommandExecution { status, .. },
-                ..
-            } => Some(*status),
+            Notification::ItemCompleted { item, .. } => match item.as_ref() {
+                ThreadItem::CommandExecution { status, .. } => Some(*status),
+                _ => None,
+            },
             _ => None,
         },
         _ => None,
@@ -147,10 +147,10 @@ async fn resolved_follows_the_request_and_the_answer() {
     let msgs = a.drain_messages().await;
     let text = msgs.iter().find_map(|m| match m {
         Outbound::Notification(n) => match n.as_ref() {
-            Notification::ItemCompleted {
-                item: ThreadItem::AgentMessage { text, .. },
-                ..
-            } => Some(text.clone()),
+            Notification::ItemCompleted { item, .. } => match item.as_ref() {
+                ThreadItem::AgentMessage { text, .. } => Some(text.clone()),
+                _ => None,
+            },
             _ => None,
         },
         _ => None,
@@ -675,7 +675,7 @@ async fn goals_of_an_unloaded_thread_are_read_and_written_in_the_store() {
     assert_eq!(s.meta.id, id);
     let goal_snapshot = a.drain_messages().await.into_iter().find_map(|m| match m {
         Outbound::Notification(n) => match n.as_ref() {
-            Notification::GoalUpdated { goal, .. } => Some(goal.clone()),
+            Notification::GoalUpdated { goal, .. } => Some(Goal::clone(goal)),
             _ => None,
         },
         _ => None,

@@ -238,14 +238,14 @@ impl MutexMapHost {
                 match ev {
                     AgentEvent::TurnStarted(t) => Notification::TurnStarted {
                         thread_id: id.clone(),
-                        turn: t,
+                        turn: Box::new(t),
                     },
                     AgentEvent::ItemStarted(item) => {
                         open.push(item.clone());
                         Notification::ItemStarted {
                             thread_id: id.clone(),
                             turn_id,
-                            item,
+                            item: Box::new(item),
                             started_at_ms: threadhost_actors::unix_millis(),
                         }
                     }
@@ -268,7 +268,7 @@ impl MutexMapHost {
                         Notification::ItemCompleted {
                             thread_id: id.clone(),
                             turn_id,
-                            item,
+                            item: Box::new(item),
                             completed_at_ms: threadhost_actors::unix_millis(),
                         }
                     }
@@ -291,7 +291,7 @@ impl MutexMapHost {
                         Notification::TokenUsageUpdated {
                             thread_id: id.clone(),
                             turn_id,
-                            token_usage: usage,
+                            token_usage: Box::new(usage),
                         }
                     }
                     AgentEvent::TurnComplete => {
@@ -310,7 +310,7 @@ impl MutexMapHost {
                         let _ = self.store.save_turn(meta, turn.clone(), usage).await;
                         let done = Notification::TurnCompleted {
                             thread_id: id.clone(),
-                            turn,
+                            turn: Box::new(turn),
                         };
                         Self::fan_out(&self.subscriptions, &self.connections, &id, done).await;
                         self.broadcast(Notification::ThreadStatusChanged {

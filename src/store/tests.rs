@@ -856,7 +856,7 @@ async fn a_thread_resumed_cold_after_a_host_restart_shows_exactly_its_turns_and_
                 token_usage,
                 turn_id,
                 ..
-            } => Some((turn_id.clone(), *token_usage)),
+            } => Some((turn_id.clone(), **token_usage)),
             _ => None,
         },
         _ => None,
