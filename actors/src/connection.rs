@@ -10,9 +10,10 @@
 //! when it closes.
 //!
 //! **State.** See the fields of [`ConnectionActor`] and [`Outlet`]. A notification is pushed
-//! without taking a lock: a closed flag, an opt-out bit mask, the queued count and the channel
-//! are all atomics. The reader subtracts what it took from the count in small batches, so that
-//! it rarely writes the cache line every sender writes.
+//! without taking a lock: a closed flag, an opt-out bit mask, the count of pushes and the
+//! channel are all atomics. The reader counts what it took on a cache line of its own, which
+//! senders read only when the queue looks full, so sender and reader do not pass the line of
+//! the bound back and forth on every message.
 //!
 //! **Messages.** [`Subscribed`] / [`Unsubscribed`] (bookkeeping of the thread set) and
 //! [`Disconnect`]. Deliveries are not messages: see [`ConnRef::deliver`], [`ConnRef::notify`]
@@ -69,8 +70,7 @@ pub struct Outbox {
     rx: mpsc::UnboundedReceiver<Item>,
     /// Shared with the senders: messages taken out free slots of the bound.
     outlet: Arc<Outlet>,
-    /// Messages taken out and not yet subtracted from `outlet.queued`: subtracting in batches
-    /// keeps the reader off the cache line every sender writes.
+    /// Messages taken out so far; published in `outlet.taken` after each.
     taken: usize,
     /// The end was seen (a close or a `Disconnected`): nothing more is returned.
     done: bool,
@@ -82,14 +82,7 @@ impl Outbox {
         if self.done {
             return None;
         }
-        let item = match self.rx.try_recv() {
-            Ok(item) => item,
-            Err(_) => {
-                // About to wait: the count is exact whenever the reader has caught up.
-                self.release();
-                self.rx.recv().await?
-            }
-        };
+        let item = self.rx.recv().await?;
         self.took(item)
     }
 
@@ -98,20 +91,13 @@ impl Outbox {
         if self.done {
             return None;
         }
-        match self.rx.try_recv() {
-            Ok(item) => self.took(item),
-            Err(_) => {
-                self.release();
-                None
-            }
-        }
+        let item = self.rx.try_recv().ok()?;
+        self.took(item)
     }
 
     fn took(&mut self, item: Item) -> Option<Outbound> {
         self.taken += 1;
-        if self.taken >= self.outlet.release_every {
-            self.release();
-        }
+        self.outlet.taken.0.store(self.taken, Ordering::Release);
         match item {
             Item::Notification(n) => Some(Outbound::Notification(n)),
             Item::Other(o) => {
@@ -125,32 +111,35 @@ impl Outbox {
             }
         }
     }
-
-    fn release(&mut self) {
-        if self.taken > 0 {
-            self.outlet.queued.fetch_sub(self.taken, Ordering::AcqRel);
-            self.taken = 0;
-        }
-    }
 }
+
+/// The reader's count of messages taken out, alone on its cache line: the reader writes it on
+/// every message, senders read it only when the queue looks full.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct ReaderCount(AtomicUsize);
 
 /// The sending side of one connection's queue, shared by everyone who delivers to it.
 ///
 /// The queue itself is an unbounded channel; the bound is kept here, by counting what is queued,
 /// so that the reason for a cut-off always fits behind the last message. A notification is
 /// pushed without a lock: two atomic loads (closed? opted out?), the count, the channel.
+///
+/// What is queued is `pushed - taken`. Senders compare against the last `taken` any of them
+/// read (`taken_seen`, never more than the truth, so the estimate is never less than what is
+/// queued) and read the reader's count again only when that estimate reaches the bound.
 pub(crate) struct Outlet {
     /// For log lines.
     id: ConnectionId,
     /// Messages the queue holds before the client counts as not reading
     /// (`HostConfig::outbound_capacity`); one of them is kept for the disconnect reason.
     capacity: usize,
-    /// The reader subtracts what it took from `queued` after this many messages (and whenever
-    /// it catches up): 1/16 of the capacity, so a client that reads is never cut off before
-    /// it has 15/16 of the capacity queued.
-    release_every: usize,
-    /// Messages pushed and not yet taken out by the [`Outbox`] (give or take its batch).
-    queued: AtomicUsize,
+    /// Messages pushed so far, by every sender.
+    pushed: AtomicUsize,
+    /// The latest value of `taken` a sender read.
+    taken_seen: AtomicUsize,
+    /// Messages the [`Outbox`] took out so far (written by it alone).
+    taken: ReaderCount,
     /// The queue was closed or the connection cut off: later pushes are dropped. Whoever sets
     /// it puts the last message on the queue.
     closed: AtomicBool,
@@ -170,7 +159,7 @@ impl std::fmt::Debug for Outlet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outlet")
             .field("id", &self.id)
-            .field("queued", &self.queued.load(Ordering::Relaxed))
+            .field("queued", &self.queued())
             .field("closed", &self.closed.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -196,8 +185,9 @@ impl Outlet {
         let outlet = Arc::new(Self {
             id,
             capacity,
-            release_every: (capacity / 16).clamp(1, 64),
-            queued: AtomicUsize::new(0),
+            pushed: AtomicUsize::new(0),
+            taken_seen: AtomicUsize::new(0),
+            taken: ReaderCount::default(),
             closed: AtomicBool::new(false),
             opt_out: AtomicU32::new(0),
             tx,
@@ -248,7 +238,9 @@ impl Outlet {
             }
         }
         // One slot stays free for the reason of a cut-off.
-        if self.queued.fetch_add(1, Ordering::AcqRel) + 2 > self.capacity {
+        let before = self.pushed.fetch_add(1, Ordering::AcqRel);
+        let seen = self.taken_seen.load(Ordering::Acquire);
+        if before.saturating_sub(seen) + 2 > self.capacity && !self.room_after(before) {
             if self.closed.swap(true, Ordering::AcqRel) {
                 return Pushed::Dropped; // someone else cut it off first
             }
@@ -272,6 +264,21 @@ impl Outlet {
         }
         self.metrics.delivered.inc();
         Pushed::Queued
+    }
+
+    /// Whether the queue has room for the push that found `before` pushes ahead of it, by the
+    /// reader's own count (read now, and shared with the other senders).
+    fn room_after(&self, before: usize) -> bool {
+        let taken = self.taken.0.load(Ordering::Acquire);
+        self.taken_seen.fetch_max(taken, Ordering::AcqRel);
+        before.saturating_sub(taken) + 2 <= self.capacity
+    }
+
+    /// Messages queued and not yet taken out (exact when nobody is pushing or taking).
+    fn queued(&self) -> usize {
+        self.pushed
+            .load(Ordering::Acquire)
+            .saturating_sub(self.taken.0.load(Ordering::Acquire))
     }
 
     /// Closes the queue, with `reason` as the last message if given. Idempotent.
@@ -468,8 +475,31 @@ mod tests {
                 assert!(outbox.try_recv().is_some());
             }
             assert!(outbox.try_recv().is_none());
-            assert_eq!(outlet.queued.load(Ordering::Acquire), 0);
+            assert_eq!(outlet.queued(), 0);
         }
+    }
+
+    #[test]
+    fn the_bound_is_exact_whatever_the_senders_saw_of_the_reader() {
+        let (outlet, mut outbox) = queue(64);
+        for _ in 0..63 {
+            assert_eq!(outlet.push(closed_note()), Pushed::Queued);
+        }
+        assert_eq!(outlet.queued(), 63);
+        for _ in 0..63 {
+            assert!(outbox.try_recv().is_some());
+        }
+        // The senders last saw the reader at 0 taken: they look again and find all the room.
+        for _ in 0..63 {
+            assert_eq!(outlet.push(closed_note()), Pushed::Queued);
+        }
+        assert_eq!(
+            outlet.push(closed_note()),
+            Pushed::Ended,
+            "63 queued and the reason make 64"
+        );
+        let got = std::iter::from_fn(|| outbox.try_recv()).count();
+        assert_eq!(got, 64);
     }
 
     #[test]

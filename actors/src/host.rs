@@ -50,8 +50,7 @@ pub struct HostConfig {
     /// See `max_restarts`. Default 60 s.
     pub restart_period: Duration,
     /// Messages a connection's outbound queue holds before the client counts as not reading and
-    /// is cut off. Default 4096. The reader's progress is counted in batches of 1/16 of it (at
-    /// most 64), so a client that reads is cut off no earlier than at 15/16 of it.
+    /// is cut off. Default 4096. The last slot is kept for the reason of the cut-off.
     pub outbound_capacity: usize,
     /// Arbiters (OS threads) thread actors are spread over, placed by thread id. 0 runs every
     /// actor on the caller's arbiter (what paused-time tests need). Default: one per core.
