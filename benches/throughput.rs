@@ -600,7 +600,52 @@ fn warm_resume(c: &mut Criterion, sys: &SystemRunner) {
         report_resume("mutex-map", turns, &mut samples);
         rt.shutdown_background();
     }
+    if common::selected(&format!("warm-resume/raw-actix/{turns}")) {
+        // The floor of any design that composes the resume on the thread's own arbiter: a
+        // request to an actor on another arbiter and its answer, doing nothing (then a second
+        // one off the clock, as the others unsubscribe).
+        let arbiter = Arbiter::new();
+        let echo = Echo::start_in_arbiter(&arbiter.handle(), |_| Echo);
+        let mut samples: Vec<u64> = Vec::new();
+        g.bench_function(BenchmarkId::new("raw-actix", turns), |b| {
+            b.iter_custom(|iters| {
+                sys.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t0 = Instant::now();
+                        let got = echo.send(Ping(turns)).await.expect("echo");
+                        let d = t0.elapsed();
+                        assert_eq!(got, turns);
+                        total += d;
+                        samples.push(d.as_nanos() as u64);
+                        echo.send(Ping(0)).await.expect("echo");
+                    }
+                    total
+                })
+            });
+        });
+        report_resume("raw-actix", turns, &mut samples);
+        arbiter.stop();
+    }
     g.finish();
+}
+
+/// Answers every [`Ping`] with its number: the round trip the warm-resume floor measures.
+struct Echo;
+
+impl Actor for Echo {
+    type Context = Context<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "u64")]
+struct Ping(u64);
+
+impl Handler<Ping> for Echo {
+    type Result = u64;
+    fn handle(&mut self, Ping(n): Ping, _ctx: &mut Context<Self>) -> u64 {
+        n
+    }
 }
 
 fn report_resume(peer: &str, turns: u64, samples: &mut [u64]) {
@@ -627,7 +672,7 @@ const PEERS: [&str; 3] = ["raw-actix", "mutex-map", "threadhost"];
 /// What each group measures, in words (printed once, before its first benchmark).
 fn describe(group: &str) -> String {
     match group {
-        "warm-resume" => "warm resume: resume (turns included) of a loaded thread with 10 turns of 20 deltas and one other subscriber; time of the resume call, in-process".to_owned(),
+        "warm-resume" => "warm resume: resume (turns included) of a loaded thread with 10 turns of 20 deltas and one other subscriber; time of the resume call, in-process; raw-actix: a request to a do-nothing actor on another arbiter and its answer, the floor of any resume composed on the thread's arbiter".to_owned(),
         "fan-out" => {
             let n = pick(200, 40);
             format!(
@@ -647,6 +692,7 @@ fn all_ids() -> Vec<String> {
     let mut ids = vec![
         "warm-resume/threadhost/10".to_owned(),
         "warm-resume/mutex-map/10".to_owned(),
+        "warm-resume/raw-actix/10".to_owned(),
     ];
     for (group, sizes) in [
         ("fan-out", fan_out_sizes()),
