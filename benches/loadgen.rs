@@ -1,6 +1,13 @@
 //! End to end over WebSocket: the `threadhost serve` binary on 127.0.0.1 (port 0) and a load
 //! generator in this process: 100 WebSocket clients, each starts one thread and streams turns of
-//! the scripted agent back to back (100 threads streaming at once) for a fixed time.
+//! the scripted agent (100 threads streaming at once) for a fixed time. Twice, each on a fresh
+//! server:
+//!
+//! - `end-to-end`: turns back to back (a client starts the next when `turn/completed` arrives):
+//!   the most the server and the machine sustain, and the latency at that saturation;
+//! - `end-to-end-paced`: each client starts a turn on a fixed schedule, 2,600 turns/s in all
+//!   (about 150,000 notifications/s, 1.5x the target rate), or as soon as its previous turn
+//!   completed if that is later: the latency at a given load, below saturation.
 //!
 //! What it measures, exactly:
 //! - notifications per second: JSON-RPC notifications received by all clients together, from
@@ -143,11 +150,15 @@ async fn call(ws: &mut Ws, id: u64, method: &str, params: Value) -> Value {
     }
 }
 
+/// Turns per second offered by all clients together in the paced run.
+const PACED_TURNS_PER_S: u64 = 2_600;
+
 async fn client(
     addr: String,
     words: usize,
     ready: std::sync::Arc<tokio::sync::Barrier>,
     deadline: std::sync::Arc<std::sync::OnceLock<Instant>>,
+    pace: Option<(Duration, Duration)>,
 ) -> ClientStats {
     let (mut ws, _) = tokio::time::timeout(
         BOUND,
@@ -177,7 +188,18 @@ async fn client(
     let deadline = *deadline.get().expect("set before the barrier opens");
     let mut st = ClientStats::default();
     let mut id = 10;
+    // Paced: (interval, this client's offset in it), so clients do not start in step.
+    let mut slot = pace.map(|(_, offset)| tokio::time::Instant::now() + offset);
     while Instant::now() < deadline {
+        if let (Some(at), Some((interval, _))) = (slot.as_mut(), pace) {
+            tokio::time::sleep_until(*at).await;
+            // The next slot; a client whose turn overran starts the next one at once, without
+            // making up for the missed slots in a burst.
+            *at = (*at + interval).max(tokio::time::Instant::now());
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
         id += 1;
         let sent = Instant::now();
         send(
@@ -220,14 +242,26 @@ fn main() {
     if std::env::args().any(|a| a == "--list") || !common::benching() {
         return;
     }
-    if !common::selected("end-to-end/threadhost") {
-        return;
-    }
     let words = pick(50, 20);
     let run = pick(Duration::from_secs(10), Duration::from_secs(3));
-    say(&format!(
-        "end to end: threadhost serve on 127.0.0.1, {CLIENTS} WebSocket clients each streaming turns of {words} words on its own thread for {run:?}; notifications/s received by all clients, and emit-to-receive latency of the time-stamped notifications (item/started, item/completed; 1 ms resolution)"
-    ));
+    if common::selected("end-to-end/threadhost") {
+        say(&format!(
+            "end to end: threadhost serve on 127.0.0.1, {CLIENTS} WebSocket clients each streaming turns of {words} words back to back on its own thread for {run:?}; notifications/s received by all clients, and emit-to-receive latency of the time-stamped notifications (item/started, item/completed; 1 ms resolution)"
+        ));
+        measure("end-to-end", words, run, None);
+    }
+    if common::selected("end-to-end-paced/threadhost") {
+        say(&format!(
+            "end to end, paced: the same, but every client starts a turn every {} ms ({PACED_TURNS_PER_S} turns/s offered in all), or at once when its previous turn ends later; latency below saturation",
+            CLIENTS as u64 * 1000 / PACED_TURNS_PER_S
+        ));
+        let interval = Duration::from_nanos(CLIENTS as u64 * 1_000_000_000 / PACED_TURNS_PER_S);
+        measure("end-to-end-paced", words, run, Some(interval));
+    }
+}
+
+/// One run on a fresh server: prints and records rate, latency and turn round trip.
+fn measure(workload: &str, words: usize, run: Duration, interval: Option<Duration>) {
     let data = tempfile::tempdir().expect("a temporary data directory");
     let (server, addr) = start_server(data.path());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -238,12 +272,14 @@ fn main() {
         let ready = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
         let deadline = std::sync::Arc::new(std::sync::OnceLock::new());
         let tasks: Vec<_> = (0..CLIENTS)
-            .map(|_| {
+            .map(|i| {
+                let pace = interval.map(|iv| (iv, iv * i as u32 / CLIENTS as u32));
                 tokio::spawn(client(
                     addr.clone(),
                     words,
                     std::sync::Arc::clone(&ready),
                     std::sync::Arc::clone(&deadline),
+                    pace,
                 ))
             })
             .collect();
@@ -313,7 +349,7 @@ fn main() {
         );
     }
     record(
-        "end-to-end",
+        workload,
         "threadhost",
         CLIENTS as u64,
         "notifications_per_s",
@@ -321,7 +357,7 @@ fn main() {
         "1/s",
     );
     record(
-        "end-to-end",
+        workload,
         "threadhost",
         CLIENTS as u64,
         "latency_p50",
@@ -329,7 +365,7 @@ fn main() {
         "ms",
     );
     record(
-        "end-to-end",
+        workload,
         "threadhost",
         CLIENTS as u64,
         "latency_p99",
@@ -337,7 +373,7 @@ fn main() {
         "ms",
     );
     record(
-        "end-to-end",
+        workload,
         "threadhost",
         CLIENTS as u64,
         "latency_p999",
@@ -345,7 +381,7 @@ fn main() {
         "ms",
     );
     record(
-        "end-to-end",
+        workload,
         "threadhost",
         CLIENTS as u64,
         "turn_rtt_p50",
@@ -353,7 +389,7 @@ fn main() {
         "ms",
     );
     record(
-        "end-to-end",
+        workload,
         "threadhost",
         CLIENTS as u64,
         "turn_rtt_p99",

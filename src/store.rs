@@ -3,41 +3,54 @@
 //!
 //! # Role
 //!
-//! [`SqliteStore`] is the handle the host gives the runtime. It owns nothing but the address of
-//! one `DbActor`, which owns the only connection to `<data_dir>/threadhost.db` and runs on an
-//! actix [`SyncArbiter`] thread of its own: SQLite calls block, and a blocked actor arbiter
-//! would stall every thread placed on it. Thread actors and the host talk to the store only
-//! through the trait's futures.
+//! [`SqliteStore`] is the handle the host gives the runtime. It owns nothing but the sending
+//! end of a queue to the store thread, which owns the only connection to
+//! `<data_dir>/threadhost.db`: SQLite calls block, and a blocked actor arbiter would stall
+//! every thread placed on it. Thread actors and the host talk to the store only through the
+//! trait's futures.
 //!
 //! # State
 //!
-//! See the `///` on `DbActor`'s fields: a path (for error messages and reconnects) and the
+//! See the `///` on `Db`'s fields: a path (for error messages and reconnects) and the
 //! connection, with its cache of prepared statements.
 //!
 //! # Messages
 //!
-//! One per trait method: `SaveTurn`, `SaveGoal`, `SaveStatus`, `Load`, `List`. Each
-//! carries a oneshot sender for its reply; the handler runs the whole operation, in one
-//! transaction, before it takes the next message, so operations never interleave.
+//! One `Op` per trait method: the writes (`save_turn`, `save_goal`, `save_status`), `Load` and
+//! `List`. Each carries a oneshot sender for its reply. The thread takes them in order; each
+//! read runs in a transaction of its own, after the writes queued before it are committed.
+//!
+//! **Group commit.** Writes queued behind each other (up to `MAX_GROUP`) are committed in one
+//! transaction, each in a savepoint of its own: one fsync for the group instead of one per
+//! write. A write that fails is rolled back to its savepoint and answered with its error; the
+//! others are kept. If the group cannot be kept as one (the commit fails, or an error such as a
+//! full disk rolls the whole transaction back), nothing of it is kept and each write is tried
+//! again alone, so every caller gets the answer it would have had without grouping. When the
+//! store keeps up, groups are of one write and nothing changes; when turns finish faster than
+//! one fsync each, they share the fsyncs.
 //!
 //! # Lifecycle
 //!
 //! [`SqliteStore::open`] opens and migrates the database on the calling thread (so a broken
-//! file is reported at start-up, not at the first turn), then starts the arbiter with that
-//! connection. Dropping the last [`SqliteStore`] closes the mailbox; the arbiter thread then
-//! finishes the messages already queued, drops the connection (SQLite checkpoints the WAL) and
-//! exits. Nothing is lost by a drop: every write was committed before its future resolved.
+//! file is reported at start-up, not at the first turn), then starts the store thread with that
+//! connection. Dropping the last [`SqliteStore`] closes the queue; the thread then finishes the
+//! operations already queued, drops the connection (SQLite checkpoints the WAL) and exits.
+//! Nothing is lost by a drop: every write was committed before its future resolved. A panic
+//! on the store thread (a bug) drops the replies of the operation at hand (`Closed`) and
+//! reconnects; the thread keeps serving.
 //!
 //! # Guarantees
 //!
-//! - **Durable when `Ok`.** Writes commit with `synchronous=FULL` before they answer.
-//! - **Atomic.** Each operation is one transaction; a failed one leaves nothing behind.
+//! - **Durable when `Ok`.** Writes commit with `synchronous=FULL` before they answer; a write
+//!   of a group answers after the group's commit.
+//! - **Atomic.** Each write is kept whole or not at all (its own transaction, or its own
+//!   savepoint in a group's); a failed one leaves nothing behind.
 //! - **Call order.** Operations are applied in the order the trait methods are *called*, not
-//!   the order their futures are polled: the message is queued when the method is called
-//!   (`do_send`, which ignores mailbox capacity), and one thread handles the queue in order.
-//!   So the status saved by an unload is on disk before a later cold resume's load runs.
+//!   the order their futures are polled: the operation is queued when the method is called,
+//!   and one thread takes the queue in order. So the status saved by an unload is on disk
+//!   before a later cold resume's load runs.
 //! - **Errors do not stop the store.** Every failure is answered as
-//!   [`StoreError::Io`] with the file and what to do; the actor keeps serving.
+//!   [`StoreError::Io`] with the file and what to do; the thread keeps serving.
 //! - **Not guaranteed:** that another process is not using the same file. SQLite locking keeps
 //!   the file consistent (writers wait up to [`BUSY_TIMEOUT`]), but two hosts on one data
 //!   directory would list each other's threads.
@@ -45,10 +58,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::mpsc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -75,8 +87,8 @@ const STATEMENT_CACHE: usize = 32;
 /// threadhost's embedded SQLite [`ThreadStore`]. Cheap to share behind an `Arc`; see the
 /// module docs for what it guarantees.
 pub struct SqliteStore {
-    /// The database actor. Every operation is a message to it, so callers never block.
-    addr: Addr<DbActor>,
+    /// The store thread's queue. Every operation is a message on it, so callers never block.
+    ops: mpsc::Sender<Op>,
     /// `<data_dir>/threadhost.db`, for [`SqliteStore::path`] and `Debug`.
     path: PathBuf,
 }
@@ -91,25 +103,17 @@ impl fmt::Debug for SqliteStore {
 
 impl SqliteStore {
     /// Opens `<data_dir>/threadhost.db`, creating the directory and the file if missing and
-    /// migrating an older schema, then starts the database actor.
+    /// migrating an older schema, then starts the store thread.
     ///
-    /// Must be called inside a running actix `System` (e.g. in `#[actix::main]`), because the
-    /// actor runs on a [`SyncArbiter`]; outside one it returns an error instead. It blocks the
-    /// calling thread while it opens and migrates the file, which is meant for start-up.
+    /// It blocks the calling thread while it opens and migrates the file, which is meant for
+    /// start-up. It needs no runtime: the store runs on a thread of its own.
     ///
     /// # Errors
     ///
     /// [`StoreError::Io`] naming the path and what to do when the directory cannot be created,
     /// the file cannot be opened or written, is not a threadhost database, or has a schema
-    /// from a newer threadhost.
+    /// from a newer threadhost, or when the store thread cannot be started.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        if actix::System::try_current().is_none() {
-            return Err(StoreError::Io(
-                "SqliteStore::open needs a running actix system; open the store inside \
-                 actix::System::new().block_on or #[actix::main]"
-                    .to_owned(),
-            ));
-        }
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Io(format!(
                 "cannot create data directory {} ({e}); create it or choose another data \
@@ -119,15 +123,25 @@ impl SqliteStore {
         })?;
         let path = data_dir.join(DB_FILE);
         let conn = connect(&path).map_err(|e| e.describe(&path, "opening the database"))?;
-        // The factory is `Fn` and may be called again if the arbiter restarts the actor; the
-        // first call takes the connection opened above, a later one reconnects lazily.
-        let first = Mutex::new(Some(conn));
-        let actor_path = path.clone();
-        let addr = SyncArbiter::start(1, move || DbActor {
-            path: actor_path.clone(),
-            conn: first.lock().unwrap_or_else(PoisonError::into_inner).take(),
-        });
-        Ok(Self { addr, path })
+        let (ops, queue) = mpsc::channel();
+        let db = Db {
+            path: path.clone(),
+            conn: Some(conn),
+        };
+        std::thread::Builder::new()
+            .name("threadhost-store".to_owned())
+            .spawn(move || db.serve(&queue))
+            .map_err(|e| {
+                StoreError::Io(format!(
+                    "cannot start the store thread for {} ({e}); the system is out of threads \
+                     or memory",
+                    path.display()
+                ))
+            })?;
+        Ok(Self {
+            ops,
+            path: data_dir.join(DB_FILE),
+        })
     }
 
     /// The database file.
@@ -135,16 +149,12 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Queues a message now and returns a future of its reply. A reply that never comes (the
-    /// actor is gone) is [`StoreError::Closed`].
-    fn call<M, T>(&self, message: impl FnOnce(Reply<T>) -> M) -> StoreFuture<T>
-    where
-        M: Message<Result = ()> + Send + 'static,
-        DbActor: Handler<M>,
-        T: Send + 'static,
-    {
+    /// Queues an operation now and returns a future of its reply. A reply that never comes
+    /// (the store thread is gone) is [`StoreError::Closed`].
+    fn call<T: Send + 'static>(&self, op: impl FnOnce(Reply<T>) -> Op) -> StoreFuture<T> {
         let (tx, rx) = oneshot::channel();
-        self.addr.do_send(message(tx));
+        // A send fails only when the thread is gone; the dropped reply then says Closed.
+        let _ = self.ops.send(op(tx));
         Box::pin(async move { rx.await.unwrap_or(Err(StoreError::Closed)) })
     }
 }
@@ -156,57 +166,175 @@ impl ThreadStore for SqliteStore {
         turn: Turn,
         usage: Option<UsageRecord>,
     ) -> StoreFuture<()> {
-        self.call(|reply| SaveTurn {
-            meta,
-            turn,
-            usage,
-            reply,
-        })
+        self.call(|reply| Op::Write(Box::new(Write::Turn { meta, turn, usage }), reply))
     }
 
     fn save_goal(&self, meta: ThreadMeta, goal: Option<Goal>) -> StoreFuture<()> {
-        self.call(|reply| SaveGoal { meta, goal, reply })
+        self.call(|reply| Op::Write(Box::new(Write::Goal { meta, goal }), reply))
     }
 
     fn save_status(&self, id: ThreadId, status: ThreadStatus) -> StoreFuture<()> {
-        self.call(|reply| SaveStatus { id, status, reply })
+        self.call(|reply| Op::Write(Box::new(Write::Status { id, status }), reply))
     }
 
     fn load(&self, id: ThreadId) -> StoreFuture<Option<StoredThread>> {
-        self.call(|reply| Load { id, reply })
+        self.call(|reply| Op::Load { id, reply })
     }
 
     fn list(&self, query: ListQuery) -> StoreFuture<ThreadPage> {
-        self.call(|reply| List { query, reply })
+        self.call(|reply| Op::List { query, reply })
     }
 }
 
-/// Where a handler sends its answer.
+/// Where the store thread sends an answer.
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
-/// Owns the connection and runs every operation on its [`SyncArbiter`] thread.
-struct DbActor {
+/// Writes the store thread may commit together (one per trait method that writes).
+#[derive(Debug)]
+enum Write {
+    /// A finished turn (see [`ThreadStore::save_turn`]): the thread's row is upserted, the
+    /// turn replaces the stored one with its id or is appended, the usage replaces the
+    /// stored one when present.
+    Turn {
+        meta: ThreadMeta,
+        turn: Turn,
+        usage: Option<UsageRecord>,
+    },
+    /// A goal set, or cleared with `None` (see [`ThreadStore::save_goal`]).
+    Goal {
+        meta: ThreadMeta,
+        goal: Option<Goal>,
+    },
+    /// An unloaded thread's status (see [`ThreadStore::save_status`]); only an existing row
+    /// is updated.
+    Status { id: ThreadId, status: ThreadStatus },
+}
+
+impl Write {
+    /// What it does, for error messages.
+    fn doing(&self) -> String {
+        match self {
+            Self::Turn { meta, turn, .. } => {
+                format!("saving turn {} of thread {}", turn.id, meta.id)
+            }
+            Self::Goal { meta, .. } => format!("saving the goal of thread {}", meta.id),
+            Self::Status { id, .. } => format!("saving the status of thread {id}"),
+        }
+    }
+
+    /// Applies it inside the caller's transaction.
+    fn apply(&self, conn: &Connection) -> Result<(), DbError> {
+        match self {
+            Self::Turn { meta, turn, usage } => save_turn(conn, meta, turn, usage.as_ref()),
+            Self::Goal { meta, goal } => save_goal(conn, meta, goal.as_ref()),
+            Self::Status { id, status } => {
+                let status = encode(status, "thread status")?;
+                conn.prepare_cached("UPDATE threads SET last_status = ?2 WHERE id = ?1")?
+                    .execute(params![id.as_str(), status])?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What the store thread is asked to do.
+#[derive(Debug)]
+enum Op {
+    /// A write, answered once it is committed (boxed: a turn is large, a read is small).
+    Write(Box<Write>, Reply<()>),
+    /// Reads a whole thread (see [`ThreadStore::load`]).
+    Load {
+        id: ThreadId,
+        reply: Reply<Option<StoredThread>>,
+    },
+    /// Lists threads (see [`ThreadStore::list`]).
+    List {
+        query: ListQuery,
+        reply: Reply<ThreadPage>,
+    },
+    /// Runs raw SQL on the connection, alone, so tests can reach states (a full database)
+    /// that a test machine cannot produce for real.
+    #[cfg(test)]
+    Exec { sql: String, reply: Reply<()> },
+}
+
+/// The most writes one commit takes: a bound on how long the first of them waits.
+const MAX_GROUP: usize = 32;
+
+/// A write and where its answer goes.
+type Queued = (Write, Reply<()>);
+
+/// Owns the connection; runs on the store thread.
+struct Db {
     /// The database file: named in every error message, and reopened if `conn` is missing.
     path: PathBuf,
-    /// The connection, with its prepared-statement cache. `None` only if the arbiter rebuilt
-    /// the actor; the next message reconnects.
+    /// The connection, with its prepared-statement cache. `None` after a failed reconnect or
+    /// a panic; the next operation reconnects.
     conn: Option<Connection>,
 }
 
-impl fmt::Debug for DbActor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DbActor")
-            .field("path", &self.path)
-            .field("connected", &self.conn.is_some())
-            .finish()
+impl Db {
+    /// The store thread: takes operations in call order until every [`SqliteStore`] handle is
+    /// dropped and the queue is empty, then drops the connection (SQLite checkpoints the WAL).
+    ///
+    /// Writes queued behind each other are committed together: one transaction and one fsync
+    /// for the group, each write in a savepoint of its own, so a write that fails is undone
+    /// alone and answered with its error. Every write of a group is answered after the
+    /// commit, so `Ok` still means durable. A read ends a group (it runs after the writes
+    /// queued before it are committed), and so does a test's `Exec`.
+    fn serve(mut self, queue: &mpsc::Receiver<Op>) {
+        let mut next = None;
+        loop {
+            let op = match next.take() {
+                Some(op) => op,
+                None => match queue.recv() {
+                    Ok(op) => op,
+                    Err(_) => return, // every handle dropped, everything answered
+                },
+            };
+            let run = std::panic::AssertUnwindSafe(|| match op {
+                Op::Write(write, reply) => {
+                    let mut group = vec![(*write, reply)];
+                    while group.len() < MAX_GROUP {
+                        match queue.try_recv() {
+                            Ok(Op::Write(write, reply)) => group.push((*write, reply)),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.write(group);
+                }
+                Op::Load { id, reply } => {
+                    if reply.is_closed() {
+                        return; // nobody waits for it; reading it would only delay the rest
+                    }
+                    let doing = format!("loading thread {id}");
+                    let _ = reply.send(self.run(&doing, |conn| load(conn, &id)));
+                }
+                Op::List { query, reply } => {
+                    if reply.is_closed() {
+                        return;
+                    }
+                    let _ = reply.send(self.run("listing threads", |conn| list(conn, &query)));
+                }
+                #[cfg(test)]
+                Op::Exec { sql, reply } => {
+                    let result = self.run("running test sql", |conn| Ok(conn.execute_batch(&sql)?));
+                    let _ = reply.send(result);
+                }
+            });
+            if std::panic::catch_unwind(run).is_err() {
+                // A bug; the callers of the operation get `Closed` (their replies dropped).
+                // Start over on a fresh connection rather than trust the old one's state.
+                tracing::error!(path = %self.path.display(), "the store thread panicked; reconnecting");
+                self.conn = None;
+            }
+        }
     }
-}
 
-impl Actor for DbActor {
-    type Context = SyncContext<Self>;
-}
-
-impl DbActor {
     /// Runs `op` on the connection (reconnecting if needed) and turns a failure into a
     /// [`StoreError`] that says what was being done.
     fn run<T>(
@@ -222,152 +350,69 @@ impl DbActor {
         };
         op(conn).map_err(|e| e.describe(&self.path, doing))
     }
-}
 
-/// Records a finished turn (see [`ThreadStore::save_turn`]).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct SaveTurn {
-    /// Upserted into `threads`.
-    meta: ThreadMeta,
-    /// Replaces the stored turn with the same id, or is appended.
-    turn: Turn,
-    /// Replaces the stored usage when present.
-    usage: Option<UsageRecord>,
-    /// Answered once committed.
-    reply: Reply<()>,
-}
-
-impl Handler<SaveTurn> for DbActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SaveTurn, _: &mut SyncContext<Self>) {
-        let doing = format!("saving turn {} of thread {}", msg.turn.id, msg.meta.id);
-        let result = self.run(&doing, |conn| {
-            save_turn(conn, &msg.meta, &msg.turn, msg.usage.as_ref())
-        });
-        // A caller that gave up (timed out) no longer listens; the write stands anyway.
-        let _ = msg.reply.send(result);
-    }
-}
-
-/// Sets or clears a goal (see [`ThreadStore::save_goal`]).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct SaveGoal {
-    /// Upserted into `threads`.
-    meta: ThreadMeta,
-    /// `None` deletes the goal.
-    goal: Option<Goal>,
-    /// Answered once committed.
-    reply: Reply<()>,
-}
-
-impl Handler<SaveGoal> for DbActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SaveGoal, _: &mut SyncContext<Self>) {
-        let doing = format!("saving the goal of thread {}", msg.meta.id);
-        let result = self.run(&doing, |conn| save_goal(conn, &msg.meta, msg.goal.as_ref()));
-        let _ = msg.reply.send(result);
-    }
-}
-
-/// Records an unloaded thread's status (see [`ThreadStore::save_status`]).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct SaveStatus {
-    /// Only an existing row is updated.
-    id: ThreadId,
-    /// Stored as JSON.
-    status: ThreadStatus,
-    /// Answered once committed.
-    reply: Reply<()>,
-}
-
-impl Handler<SaveStatus> for DbActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SaveStatus, _: &mut SyncContext<Self>) {
-        let doing = format!("saving the status of thread {}", msg.id);
-        let result = self.run(&doing, |conn| {
-            let status = encode(&msg.status, "thread status")?;
-            conn.prepare_cached("UPDATE threads SET last_status = ?2 WHERE id = ?1")?
-                .execute(params![msg.id.as_str(), status])?;
-            Ok(())
-        });
-        let _ = msg.reply.send(result);
-    }
-}
-
-/// Reads a whole thread (see [`ThreadStore::load`]).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct Load {
-    /// The thread.
-    id: ThreadId,
-    /// Gets the thread, or `None` if it has no row.
-    reply: Reply<Option<StoredThread>>,
-}
-
-impl Handler<Load> for DbActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Load, _: &mut SyncContext<Self>) {
-        if msg.reply.is_closed() {
-            return; // Nobody waits for it; reading it would only delay the next message.
+    /// Commits a group of writes and answers each. If the group cannot be committed as one
+    /// (the commit fails, or a failing write takes the whole transaction down with it, as
+    /// SQLite does on a full disk), nothing of it is kept and each write is tried alone.
+    fn write(&mut self, group: Vec<Queued>) {
+        if group.len() > 1 {
+            if let Ok(Some(results)) =
+                self.run("committing writes", |conn| Ok(group_commit(conn, &group)))
+            {
+                for ((_, reply), result) in group.into_iter().zip(results) {
+                    let _ = reply.send(result.map_err(|(e, doing)| e.describe(&self.path, &doing)));
+                }
+                return;
+            }
         }
-        let doing = format!("loading thread {}", msg.id);
-        let result = self.run(&doing, |conn| load(conn, &msg.id));
-        let _ = msg.reply.send(result);
-    }
-}
-
-/// Lists threads (see [`ThreadStore::list`]).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct List {
-    /// Filters, order, page size and cursor.
-    query: ListQuery,
-    /// Gets one page.
-    reply: Reply<ThreadPage>,
-}
-
-impl Handler<List> for DbActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: List, _: &mut SyncContext<Self>) {
-        if msg.reply.is_closed() {
-            return;
+        for (write, reply) in group {
+            let result = self.run(&write.doing(), |conn| {
+                let tx = conn.transaction()?;
+                write.apply(&tx)?;
+                tx.commit()?;
+                Ok(())
+            });
+            // A caller that gave up (timed out) no longer listens; the write stands anyway.
+            let _ = reply.send(result);
         }
-        let result = self.run("listing threads", |conn| list(conn, &msg.query));
-        let _ = msg.reply.send(result);
     }
 }
 
-/// Runs raw SQL on the actor's connection, so tests can reach states (a full database) that a
-/// test machine cannot produce for real.
-#[cfg(test)]
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct Exec {
-    /// Statements to run.
-    sql: String,
-    /// Answered when they ran.
-    reply: Reply<()>,
-}
+/// The outcome of one write of a group: its error and what it was doing.
+type GroupResult = Result<(), (DbError, String)>;
 
-#[cfg(test)]
-impl Handler<Exec> for DbActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Exec, _: &mut SyncContext<Self>) {
-        let result = self.run("running test sql", |conn| Ok(conn.execute_batch(&msg.sql)?));
-        let _ = msg.reply.send(result);
+/// Applies `group` in one transaction, each write in a savepoint, and commits. `None` when the
+/// group could not be kept as one: the transaction is then rolled back, nothing is kept.
+fn group_commit(conn: &Connection, group: &[Queued]) -> Option<Vec<GroupResult>> {
+    conn.execute_batch("BEGIN IMMEDIATE").ok()?;
+    let mut results = Vec::with_capacity(group.len());
+    for (write, _) in group {
+        let applied = conn
+            .execute_batch("SAVEPOINT write")
+            .map_err(DbError::from)
+            .and_then(|()| write.apply(conn));
+        let undone = match &applied {
+            Ok(()) => conn.execute_batch("RELEASE write"),
+            // Some errors (a full disk, I/O) roll the whole transaction back by themselves.
+            Err(_) if conn.is_autocommit() => return None,
+            Err(_) => conn.execute_batch("ROLLBACK TO write; RELEASE write"),
+        };
+        if undone.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+            return None;
+        }
+        results.push(applied.map_err(|e| (e, write.doing())));
     }
+    if conn.execute_batch("COMMIT").is_err() {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        return None;
+    }
+    Some(results)
 }
 
-/// What can go wrong inside the database actor. Turned into a [`StoreError`] with the path and
+/// What can go wrong on the store thread. Turned into a [`StoreError`] with the path and
 /// the operation by [`DbError::describe`], the one place that words store errors.
 #[derive(Debug, thiserror::Error)]
 enum DbError {
@@ -530,8 +575,9 @@ fn upsert_thread(conn: &Connection, meta: &ThreadMeta) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Writes a finished turn; inside the caller's transaction.
 fn save_turn(
-    conn: &mut Connection,
+    conn: &Connection,
     meta: &ThreadMeta,
     turn: &Turn,
     usage: Option<&UsageRecord>,
@@ -542,10 +588,9 @@ fn save_turn(
         .as_ref()
         .map(|e| encode(e, "turn error"))
         .transpose()?;
-    let tx = conn.transaction()?;
-    upsert_thread(&tx, meta)?;
+    upsert_thread(conn, meta)?;
     // A known id keeps its place (its seq); a new one goes after the last turn.
-    tx.prepare_cached(
+    conn.prepare_cached(
         "INSERT INTO turns (thread_id, seq, id, status, error, started_at, completed_at, duration_ms)
          VALUES (?1, (SELECT COALESCE(MAX(seq) + 1, 0) FROM turns WHERE thread_id = ?1),
                  ?2, ?3, ?4, ?5, ?6, ?7)
@@ -565,10 +610,10 @@ fn save_turn(
         turn.completed_at,
         turn.duration_ms,
     ])?;
-    tx.prepare_cached("DELETE FROM items WHERE thread_id = ?1 AND turn_id = ?2")?
+    conn.prepare_cached("DELETE FROM items WHERE thread_id = ?1 AND turn_id = ?2")?
         .execute(params![id, turn.id])?;
     {
-        let mut insert = tx.prepare_cached(
+        let mut insert = conn.prepare_cached(
             "INSERT INTO items (thread_id, turn_id, seq, item) VALUES (?1, ?2, ?3, ?4)",
         )?;
         for (seq, item) in (0_i64..).zip(&turn.items) {
@@ -576,7 +621,7 @@ fn save_turn(
         }
     }
     if let Some(usage) = usage {
-        tx.prepare_cached(
+        conn.prepare_cached(
             "INSERT INTO usage (thread_id, turn_id, usage) VALUES (?1, ?2, ?3)
              ON CONFLICT (thread_id) DO UPDATE SET
                  turn_id = excluded.turn_id, usage = excluded.usage",
@@ -587,28 +632,26 @@ fn save_turn(
             encode(&usage.usage, "token usage")?
         ])?;
     }
-    tx.commit()?;
     Ok(())
 }
 
-fn save_goal(conn: &mut Connection, meta: &ThreadMeta, goal: Option<&Goal>) -> Result<(), DbError> {
+/// Sets or clears a goal; inside the caller's transaction.
+fn save_goal(conn: &Connection, meta: &ThreadMeta, goal: Option<&Goal>) -> Result<(), DbError> {
     let id = meta.id.as_str();
-    let tx = conn.transaction()?;
-    upsert_thread(&tx, meta)?;
+    upsert_thread(conn, meta)?;
     match goal {
         Some(goal) => {
-            tx.prepare_cached(
+            conn.prepare_cached(
                 "INSERT INTO goals (thread_id, goal) VALUES (?1, ?2)
                  ON CONFLICT (thread_id) DO UPDATE SET goal = excluded.goal",
             )?
             .execute(params![id, encode(goal, "goal")?])?;
         }
         None => {
-            tx.prepare_cached("DELETE FROM goals WHERE thread_id = ?1")?
+            conn.prepare_cached("DELETE FROM goals WHERE thread_id = ?1")?
                 .execute([id])?;
         }
     }
-    tx.commit()?;
     Ok(())
 }
 

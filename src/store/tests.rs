@@ -142,10 +142,11 @@ fn ids(metas: &[ThreadMeta]) -> Vec<String> {
     metas.iter().map(|m| m.id.to_string()).collect()
 }
 
-/// Runs SQL on the actor's own connection (per-connection settings such as `max_page_count`).
+/// Runs SQL on the store thread's own connection (per-connection settings such as
+/// `max_page_count`).
 async fn exec(store: &SqliteStore, sql: &str) -> Result<(), StoreError> {
     store
-        .call(|reply| Exec {
+        .call(|reply| Op::Exec {
             sql: sql.to_owned(),
             reply,
         })
@@ -776,17 +777,134 @@ async fn a_full_database_fails_the_save_whole_and_the_store_keeps_working() {
 }
 
 #[test]
-fn open_outside_an_actix_system_returns_an_error() {
+fn the_store_needs_no_actix_system_and_answers_any_executor() {
     let dir = tmp();
-    let err = SqliteStore::open(dir.path()).expect_err("no system, no store");
+    let store = open(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let m = meta("t1", "p", "/w", 1, 2);
+    rt.block_on(save_turn(&store, &m, &turn("turn-1", 2), None));
+    let t = rt.block_on(load(&store, "t1")).expect("thread is stored");
+    assert_eq!(t.turns.len(), 1);
+}
+
+// ---- group commit -------------------------------------------------------------------------------
+
+/// A write for [`group_commit`] and [`Db::write`], with the receiver of its answer.
+fn queued(write: Write) -> (Queued, oneshot::Receiver<Result<(), StoreError>>) {
+    let (tx, rx) = oneshot::channel();
+    ((write, tx), rx)
+}
+
+fn turn_write(thread: &str, turn_id: &str, items: usize) -> Write {
+    Write::Turn {
+        meta: meta(thread, "p", "/w", 1, 2),
+        turn: turn(turn_id, items),
+        usage: None,
+    }
+}
+
+#[actix::test]
+async fn writes_queued_together_are_answered_in_call_order_and_all_kept() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let m = meta("t1", "p", "/w", 1, 2);
+    // Queued before any is awaited: the store thread takes them in groups, in call order.
+    let saves: Vec<_> = (0..200)
+        .map(|i| store.save_turn(m.clone(), turn(&format!("turn-{i}"), 3), None))
+        .collect();
+    for (i, save) in saves.into_iter().enumerate() {
+        if let Err(e) = save.await {
+            panic!("save {i} should work: {e}");
+        }
+    }
+    let t = load(&store, "t1").await.expect("thread is stored");
+    let ids: Vec<String> = t.turns.iter().map(|t| t.id.clone()).collect();
+    let expected: Vec<String> = (0..200).map(|i| format!("turn-{i}")).collect();
+    assert_eq!(ids, expected);
+}
+
+#[test]
+fn a_write_that_fails_in_a_group_is_undone_alone() {
+    let dir = tmp();
+    let path = dir.path().join(DB_FILE);
+    let conn = connect(&path).expect("opens");
+    conn.execute_batch(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON turns WHEN NEW.id = 'bad'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .expect("trigger");
+    let (a, _) = queued(turn_write("t1", "good-1", 2));
+    let (b, _) = queued(turn_write("t2", "bad", 2));
+    let (c, _) = queued(turn_write("t3", "good-2", 2));
+    let results = group_commit(&conn, &[a, b, c]).expect("the group commits");
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    let (err, doing) = results[1].as_ref().expect_err("the bad write fails");
+    assert!(err.to_string().contains("refused by the test"), "{err}");
+    assert_eq!(doing, "saving turn bad of thread t2");
+    let mut conn = conn;
+    assert!(super::load(&mut conn, &ThreadId::from("t1"))
+        .expect("reads")
+        .is_some());
     assert!(
-        err.to_string().contains("needs a running actix system"),
+        super::load(&mut conn, &ThreadId::from("t2"))
+            .expect("reads")
+            .is_none(),
+        "the failed write's thread row was rolled back with it"
+    );
+    assert!(super::load(&mut conn, &ThreadId::from("t3"))
+        .expect("reads")
+        .is_some());
+}
+
+#[actix::test]
+async fn a_group_on_a_full_disk_answers_each_write_as_if_it_were_alone() {
+    let dir = tmp();
+    let path = dir.path().join(DB_FILE);
+    let mut db = Db {
+        path: path.clone(),
+        conn: Some(connect(&path).expect("opens")),
+    };
+    let (first, first_rx) = queued(turn_write("t1", "small-1", 2));
+    db.write(vec![first]);
+    first_rx.await.expect("answered").expect("saved");
+    // SQLITE_FULL for real: a few pages of room, enough for small writes only.
+    let pages: i64 = db
+        .conn
+        .as_ref()
+        .expect("connected")
+        .pragma_query_value(None, "page_count", |r| r.get(0))
+        .expect("page_count");
+    db.conn
+        .as_ref()
+        .expect("connected")
+        .execute_batch(&format!("PRAGMA max_page_count = {}", pages + 4))
+        .expect("pragma");
+    let (a, a_rx) = queued(turn_write("t1", "small-2", 2));
+    let (b, b_rx) = queued(turn_write("t1", "big", 2000));
+    let (c, c_rx) = queued(turn_write("t1", "small-3", 2));
+    db.write(vec![a, b, c]);
+    a_rx.await
+        .expect("answered")
+        .expect("the small write before is kept");
+    let err = b_rx
+        .await
+        .expect("answered")
+        .expect_err("the big write does not fit");
+    assert!(
+        err.to_string().contains("is full while saving turn big"),
         "{err}"
     );
-    assert!(
-        !dir.path().join(DB_FILE).exists(),
-        "nothing is created before the check"
-    );
+    c_rx.await
+        .expect("answered")
+        .expect("the small write after is kept");
+    let mut conn = db.conn.take().expect("connected");
+    let t = super::load(&mut conn, &ThreadId::from("t1"))
+        .expect("reads")
+        .expect("stored");
+    let ids: Vec<&str> = t.turns.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["small-1", "small-2", "small-3"]);
 }
 
 // ---- the runtime on the SQLite store ------------------------------------------------------------
