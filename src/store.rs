@@ -138,10 +138,7 @@ impl SqliteStore {
                     path.display()
                 ))
             })?;
-        Ok(Self {
-            ops,
-            path: data_dir.join(DB_FILE),
-        })
+        Ok(Self { ops, path })
     }
 
     /// The database file.
