@@ -188,14 +188,15 @@ async fn client(
     let deadline = *deadline.get().expect("set before the barrier opens");
     let mut st = ClientStats::default();
     let mut id = 10;
-    // Paced: (interval, this client's offset in it), so clients do not start in step.
-    let mut slot = pace.map(|(_, offset)| tokio::time::Instant::now() + offset);
+    // Paced: (interval, this client's offset in it), so clients do not start in step; kept
+    // as (the next slot, interval).
+    let mut pace = pace.map(|(interval, offset)| (tokio::time::Instant::now() + offset, interval));
     while Instant::now() < deadline {
-        if let (Some(at), Some((interval, _))) = (slot.as_mut(), pace) {
+        if let Some((at, interval)) = pace.as_mut() {
             tokio::time::sleep_until(*at).await;
             // The next slot; a client whose turn overran starts the next one at once, without
             // making up for the missed slots in a burst.
-            *at = (*at + interval).max(tokio::time::Instant::now());
+            *at = (*at + *interval).max(tokio::time::Instant::now());
             if Instant::now() >= deadline {
                 break;
             }

@@ -253,6 +253,9 @@ enum Op {
     /// that a test machine cannot produce for real.
     #[cfg(test)]
     Exec { sql: String, reply: Reply<()> },
+    /// Panics on the store thread, so tests can see it recover.
+    #[cfg(test)]
+    Panic(Reply<()>),
 }
 
 /// The most writes one commit takes: a bound on how long the first of them waits.
@@ -322,6 +325,8 @@ impl Db {
                     let result = self.run("running test sql", |conn| Ok(conn.execute_batch(&sql)?));
                     let _ = reply.send(result);
                 }
+                #[cfg(test)]
+                Op::Panic(_reply) => panic!("test: a panic on the store thread"),
             });
             if std::panic::catch_unwind(run).is_err() {
                 // A bug; the callers of the operation get `Closed` (their replies dropped).

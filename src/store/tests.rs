@@ -805,15 +805,29 @@ fn turn_write(thread: &str, turn_id: &str, items: usize) -> Write {
     }
 }
 
+/// Keeps the store thread busy for a while (a query over two million generated rows), so that
+/// what a test queues behind it is queued together when the thread comes back.
+fn hold(store: &SqliteStore) -> StoreFuture<()> {
+    store.call(|reply| Op::Exec {
+        sql: "CREATE TEMP TABLE IF NOT EXISTS held AS WITH RECURSIVE c(x) AS \
+              (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) SELECT count(*) AS n FROM c; \
+              DROP TABLE held;"
+            .to_owned(),
+        reply,
+    })
+}
+
 #[actix::test]
 async fn writes_queued_together_are_answered_in_call_order_and_all_kept() {
     let dir = tmp();
     let store = open(dir.path());
     let m = meta("t1", "p", "/w", 1, 2);
-    // Queued before any is awaited: the store thread takes them in groups, in call order.
+    let held = hold(&store);
+    // Queued behind the busy thread: it takes them in groups, in call order.
     let saves: Vec<_> = (0..200)
         .map(|i| store.save_turn(m.clone(), turn(&format!("turn-{i}"), 3), None))
         .collect();
+    held.await.expect("the busy query runs");
     for (i, save) in saves.into_iter().enumerate() {
         if let Err(e) = save.await {
             panic!("save {i} should work: {e}");
@@ -823,6 +837,47 @@ async fn writes_queued_together_are_answered_in_call_order_and_all_kept() {
     let ids: Vec<String> = t.turns.iter().map(|t| t.id.clone()).collect();
     let expected: Vec<String> = (0..200).map(|i| format!("turn-{i}")).collect();
     assert_eq!(ids, expected);
+}
+
+#[actix::test]
+async fn a_read_queued_between_writes_sees_the_writes_before_it_and_not_after() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let m = meta("t1", "p", "/w", 1, 2);
+    let held = hold(&store);
+    let first = store.save_turn(m.clone(), turn("turn-1", 2), None);
+    let read = store.load(ThreadId::from("t1"));
+    let second = store.save_turn(m.clone(), turn("turn-2", 2), None);
+    held.await.expect("the busy query runs");
+    first.await.expect("saved");
+    let seen = read
+        .await
+        .expect("loads")
+        .expect("the first write is there");
+    second.await.expect("saved");
+    let ids: Vec<&str> = seen.turns.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["turn-1"],
+        "the read ended the group: it came after turn-1 only"
+    );
+    assert_eq!(load(&store, "t1").await.expect("stored").turns.len(), 2);
+}
+
+#[actix::test]
+async fn a_panic_on_the_store_thread_answers_closed_and_the_store_keeps_serving() {
+    let dir = tmp();
+    let store = open(dir.path());
+    let m = meta("t1", "p", "/w", 1, 2);
+    save_turn(&store, &m, &turn("turn-1", 2), None).await;
+    let err = store
+        .call(Op::Panic)
+        .await
+        .expect_err("the panicking operation is not answered");
+    assert!(matches!(err, StoreError::Closed), "{err}");
+    save_turn(&store, &m, &turn("turn-2", 2), None).await;
+    let t = load(&store, "t1").await.expect("stored");
+    assert_eq!(t.turns.len(), 2, "it reconnected and kept everything");
 }
 
 #[test]
